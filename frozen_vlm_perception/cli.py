@@ -1,7 +1,172 @@
-"""`fvp`: the one user-facing command."""
+"""`fvp`: the one user-facing command. Each subcommand is thin: flags -> config -> package code.
+
+Heavy imports (torch, rclpy) happen inside the subcommands so `fvp --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+from collections.abc import Callable, Sequence
+
+Handler = Callable[[argparse.Namespace], int]
 
 
-def main(argv=None) -> int:
-    print("fvp: not yet", file=sys.stderr)
-    return 1
+def _demo(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.demo import run_demo
+
+    return run_demo(args)
+
+
+def _make_demo_bag(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.data.demo_bag import main_make_demo_bag
+
+    return main_make_demo_bag(args)
+
+
+def _train_align(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.training.align import main_align
+
+    return main_align(args)
+
+
+def _train_adapter(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.training.adapter import main_adapter
+
+    return main_adapter(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.evaluation.evaluate import main_eval
+
+    return main_eval(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.bench import main_bench
+
+    return main_bench(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.nodes.runner import main_run
+
+    return main_run(args)
+
+
+def _play(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.nodes.player import main_play
+
+    return main_play(args)
+
+
+def _query(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.nodes.query_client import main_query
+
+    return main_query(args)
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.soak import main_soak
+
+    return main_soak(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fvp",
+        description="frozen_vlm_perception: camera + IMU perception for frozen vision-language models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_line: str, handler: Handler) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_line, description=help_line)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("demo", "make the demo recording if missing, run the nodes on its test split, print labels and answers",
+            _demo)
+    p.add_argument("--bag", default=None, help="demo bag folder (default: made under ~/.cache if missing)")
+    p.add_argument("--model", default=None, help="model folder (default: the shipped models/demo)")
+    p.add_argument("--seconds", type=float, default=60.0, help="how much of the test split to play")
+
+    p = add("make-demo-bag", "write the demo rosbag2 from real HAPT IMU streams and real photos", _make_demo_bag)
+    _add_make_demo_bag_arguments(p)
+
+    p = add("train", "train the IMU encoder (align) or the adapter and activity head (adapter)", lambda a: 2)
+    train_sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    align = train_sub.add_parser("align", help="stage 1: InfoNCE + supervised alignment of the IMU encoder")
+    align.set_defaults(handler=_train_align)
+    adapter = train_sub.add_parser("adapter", help="stage 2: resampler/adapter + head with the frozen LM's loss")
+    adapter.set_defaults(handler=_train_adapter)
+    _add_train_arguments(align, adapter)
+
+    p = add("eval", "score a model on a bag: accuracy, macro-F1, retrieval, QA, latency; writes a report", _eval)
+    _add_eval_arguments(p)
+
+    p = add("bench", "time every stage of the pipeline on this machine and print tables", _bench)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--model", default=None, help="model folder (default: models/demo, else fresh trainable parts)")
+    p.add_argument("--repeats", type=int, default=15, help="timed repetitions per measurement")
+    p.add_argument("--batch-sizes", default="1,4,8", help="comma-separated batch sizes for the throughput table")
+    p.add_argument("--no-lm", action="store_true", help="skip the language model")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the numbers as JSON")
+
+    p = add("run", "run the perception and reasoning nodes in this process (no `ros2 launch` needed)", _run)
+    p.add_argument("--params", default=None, metavar="FILE", help="ROS parameters YAML (config/perception.yaml)")
+
+    p = add("play", "publish a bag's camera and IMU with the recorded timing", _play)
+    p.add_argument("bag", help="bag folder or file")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    p.add_argument("--clock", action="store_true", help="publish /clock (for use_sim_time)")
+    p.add_argument("--loop", action="store_true", help="play again from the start when done")
+
+    p = add("query", "ask the running reasoning node a question and print the answer", _query)
+    p.add_argument("question")
+    p.add_argument("--stamp", type=float, default=None, help="scene nearest this time (s); default latest")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
+    p.add_argument("--max-new-tokens", type=int, default=0, help="0: the node's default")
+
+    p = add("soak", "replay a bag in a loop for a while; report memory, buffers, drops and latency", _soak)
+    p.add_argument("--bag", default=None, help="bag to loop (default: a small generated one)")
+    p.add_argument("--minutes", type=float, default=5.0)
+    p.add_argument("--report", default=None, metavar="FILE", help="write the samples as JSON")
+    return parser
+
+
+def _add_make_demo_bag_arguments(p: argparse.ArgumentParser) -> None:
+    try:
+        from frozen_vlm_perception.data.demo_bag import add_make_demo_bag_arguments
+    except ImportError:  # pragma: no cover - while the module is being written
+        p.add_argument("out")
+        return
+    add_make_demo_bag_arguments(p)
+
+
+def _add_train_arguments(align: argparse.ArgumentParser, adapter: argparse.ArgumentParser) -> None:
+    try:
+        from frozen_vlm_perception.training.cli_args import add_adapter_arguments, add_align_arguments
+    except ImportError:  # pragma: no cover
+        return
+    add_align_arguments(align)
+    add_adapter_arguments(adapter)
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    try:
+        from frozen_vlm_perception.evaluation.evaluate import add_eval_arguments
+    except ImportError:  # pragma: no cover
+        return
+    add_eval_arguments(p)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,3 +35,25 @@ def vision_encoder(torch_threads):
     from frozen_vlm_perception.nn.vision import build_vision_encoder
 
     return build_vision_encoder(VisionConfig())
+
+
+@pytest.fixture
+def ros_env(monkeypatch):
+    """A ROS environment private to this test: its own domain id, discovery on localhost only.
+
+    Applied to this process (for rclpy contexts made in the test) and returned as a dict for
+    child processes. Domain ids 100-199 are spread by pid so parallel runs do not meet.
+    """
+    domain = str(100 + (os.getpid() + _next_domain_offset()) % 100)
+    env = dict(os.environ, ROS_DOMAIN_ID=domain, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONUNBUFFERED="1")
+    monkeypatch.setenv("ROS_DOMAIN_ID", domain)
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    return env
+
+
+_domain_counter = iter(range(1_000_000))
+
+
+def _next_domain_offset() -> int:
+    return next(_domain_counter) * 7

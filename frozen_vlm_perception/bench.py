@@ -1,0 +1,136 @@
+"""`fvp bench`: where the time goes, measured on this machine, printed as tables.
+
+Stages are timed inside one process with the real frozen parts (MobileNetV2 with its ImageNet
+weights, SmolLM2-135M-Instruct). The trainable parts come from the model folder when there is
+one, else they are freshly initialised: their cost does not depend on their values.
+Reported numbers are medians over ``--repeats`` runs after a warm-up; compare ratios within one
+run, not absolute numbers across runs, on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from frozen_vlm_perception.config import ModelConfig
+from frozen_vlm_perception.paths import default_model_dir
+from frozen_vlm_perception.pipeline import PerceptionPipeline
+
+STAGES = ("vision", "imu", "fusion_resampler", "head")
+BENCH_QUESTION = "What is the person doing?"
+
+
+def synthetic_inputs(batch: int, config: ModelConfig, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Camera-sized frames (480x640 rgb8) and IMU windows; content does not change the cost."""
+    rng = np.random.default_rng(seed)
+    frames = [rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8) for _ in range(batch)]
+    windows = [rng.normal(size=(config.imu.window_samples, config.imu.channels)).astype(np.float32)
+               for _ in range(batch)]
+    return frames, windows
+
+
+def time_stages(pipeline: PerceptionPipeline, batch: int, repeats: int) -> dict[str, float]:
+    """Median ms per stage (and in total) for one encode of ``batch`` samples."""
+    frames, windows = synthetic_inputs(batch, pipeline.config)
+    for _ in range(2):
+        pipeline.encode(frames, windows)
+    samples: dict[str, list[float]] = {name: [] for name in (*STAGES, "total")}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        scene = pipeline.encode(frames, windows)[0]
+        samples["total"].append((time.perf_counter() - start) * 1000.0)
+        for name in STAGES:
+            samples[name].append(scene.timings_ms.get(name, 0.0))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def time_language(pipeline: PerceptionPipeline, repeats: int, max_new_tokens: int = 20) -> dict[str, float]:
+    frames, windows = synthetic_inputs(1, pipeline.config)
+    scene = pipeline.encode(frames, windows)[0]
+    pipeline.answer(scene, BENCH_QUESTION, max_new_tokens=max_new_tokens)  # warm-up
+    rates, seconds, tokens = [], [], []
+    for _ in range(max(3, repeats // 3)):
+        # Never stop at EOS here: a fixed token count measures decoding speed, not the answer's length.
+        result = pipeline.language.generate(
+            torch.from_numpy(scene.latents), BENCH_QUESTION, max_new_tokens=max_new_tokens, stop_at_eos=False
+        )
+        rates.append(result.num_tokens / result.seconds)
+        seconds.append(result.seconds * 1000.0)
+        tokens.append(result.num_tokens)
+    return {
+        "lm_tokens_per_s": statistics.median(rates),
+        "lm_answer_ms": statistics.median(seconds),
+        "lm_tokens": statistics.median(tokens),
+    }
+
+
+def load_pipeline(model: str | None, device: str, with_language: bool) -> tuple[PerceptionPipeline, str]:
+    folder = Path(model) if model else default_model_dir()
+    if folder is not None and (folder / "config.json").is_file():
+        return PerceptionPipeline.from_model_dir(folder, device=device, load_language=with_language), str(folder)
+    if model:
+        raise FileNotFoundError(f"model folder not found: {model}")
+    config = ModelConfig()
+    if with_language:
+        return PerceptionPipeline.from_config(config, device=device), "fresh trainable parts"
+    return PerceptionPipeline.from_config(config, device=device, lm_dim=576), "fresh trainable parts"
+
+
+def format_table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = lambda values: "| " + " | ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in cells)])
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def main_bench(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
+    batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
+    pipeline, source = load_pipeline(args.model, args.device, with_language=not args.no_lm)
+    print(f"# fvp bench on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"device {pipeline.device}, torch {torch.__version__}")
+    print(f"# model: {source}; vision {pipeline.config.vision.backend}, adapter {pipeline.config.adapter.kind}")
+
+    per_batch = {b: time_stages(pipeline, b, args.repeats) for b in batch_sizes}
+    single = per_batch.get(1) or time_stages(pipeline, 1, args.repeats)
+    print("\n## Per-stage latency, batch 1 (median ms)\n")
+    print(format_table(["stage", "ms"], [[name, single[name]] for name in (*STAGES, "total")]))
+    print("\n## Throughput against batch size\n")
+    rows = [[b, per_batch[b]["total"], per_batch[b]["total"] / b, 1000.0 * b / per_batch[b]["total"]]
+            for b in batch_sizes]
+    print(format_table(["batch", "ms per batch", "ms per frame", "frames/s"], rows))
+
+    result: dict[str, Any] = {
+        "device": str(pipeline.device),
+        "model": source,
+        "stages_ms": {name: single[name] for name in STAGES},
+        "encode_total_ms": single["total"],
+        "throughput": {str(b): {"ms_per_batch": per_batch[b]["total"], "frames_per_s": 1000.0 * b / per_batch[b]["total"]}
+                       for b in batch_sizes},
+    }
+    if pipeline.language is not None:
+        lm = time_language(pipeline, args.repeats)
+        print("\n## Frozen language model (greedy, KV cache)\n")
+        print(format_table(["tokens", "ms per answer", "tokens/s"],
+                           [[int(lm["lm_tokens"]), lm["lm_answer_ms"], lm["lm_tokens_per_s"]]]))
+        result.update(lm)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0

@@ -1,0 +1,72 @@
+"""PerceptionPipeline: batched encode, modality modes, bad input, and answers from the frozen LM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.data
+
+from frozen_vlm_perception.config import ModelConfig
+from frozen_vlm_perception.pipeline import PerceptionPipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline(torch_threads):
+    return PerceptionPipeline.from_config(ModelConfig(), device="cpu", lm_dim=576, seed=0)
+
+
+def window(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(128, 6)).astype(np.float32)
+
+
+def test_batched_encode_matches_one_at_a_time(pipeline):
+    frames = [skimage.data.coffee(), skimage.data.chelsea(), None]
+    windows = [window(0), None, window(2)]
+    batched = pipeline.encode(frames, windows)
+    for scene, frame, imu in zip(batched, frames, windows, strict=True):
+        single = pipeline.encode_one(frame, imu)
+        np.testing.assert_allclose(scene.latents, single.latents, rtol=1e-4, atol=1e-4)
+        assert scene.modalities == single.modalities
+    assert [s.source for s in batched] == ["fused", "vision", "imu"]
+
+
+def test_scene_fields(pipeline):
+    scene = pipeline.encode_one(skimage.data.coffee(), window(0))
+    assert scene.latents.shape == (8, 576) and scene.latents.dtype == np.float32
+    assert scene.pooled.shape == (1280,)
+    assert scene.scores.shape == (6,) and abs(scene.scores.sum() - 1) < 1e-5
+    assert scene.label in scene.labels and 0 < scene.confidence <= 1
+    assert {"vision", "imu", "fusion_resampler", "head"} <= set(scene.timings_ms)
+
+
+def test_mode_overrides_drop_a_modality(pipeline):
+    frame, imu = skimage.data.coffee(), window(0)
+    assert pipeline.encode_one(frame, imu, mode="vision").source == "vision"
+    assert pipeline.encode_one(frame, imu, mode="imu").source == "imu"
+    with pytest.raises(ValueError, match="no usable modality"):
+        pipeline.encode_one(frame, None, mode="imu")
+
+
+def test_bad_imu_windows_are_refused(pipeline):
+    with pytest.raises(ValueError, match="shape"):
+        pipeline.encode_one(None, np.zeros((100, 6), np.float32))
+    bad = window(0)
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        pipeline.encode_one(None, bad)
+
+
+def test_answer_without_language_model_is_a_clear_error(pipeline):
+    scene = pipeline.encode_one(skimage.data.coffee(), None)
+    with pytest.raises(RuntimeError, match="without its language model"):
+        pipeline.answer(scene, "What is here?")
+
+
+def test_answer_uses_the_frozen_language_model(pipeline, language_model):
+    full = PerceptionPipeline(
+        config=pipeline.config, vision=pipeline.vision, scene_model=pipeline.scene_model,
+        language=language_model, device=pipeline.device,
+    )
+    scene = full.encode_one(skimage.data.coffee(), window(0))
+    result = full.answer(scene, "What is the person doing?", max_new_tokens=8)
+    assert isinstance(result.text, str) and 0 < result.num_tokens <= 8

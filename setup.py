@@ -20,7 +20,6 @@ setup(
     maintainer_email="team@frozen-vlm-perception.invalid",
     description="Camera + IMU perception for frozen vision-language models, as ROS 2 nodes.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "fvp = frozen_vlm_perception.cli:main",

@@ -29,12 +29,16 @@ STAGES = ("vision", "imu", "fusion_resampler", "head")
 BENCH_QUESTION = "What is the person doing?"
 
 
-def synthetic_inputs(batch: int, config: ModelConfig, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def synthetic_inputs(
+    batch: int, config: ModelConfig, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Camera-sized frames (480x640 rgb8) and IMU windows; content does not change the cost."""
     rng = np.random.default_rng(seed)
     frames = [rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8) for _ in range(batch)]
-    windows = [rng.normal(size=(config.imu.window_samples, config.imu.channels)).astype(np.float32)
-               for _ in range(batch)]
+    windows = [
+        rng.normal(size=(config.imu.window_samples, config.imu.channels)).astype(np.float32)
+        for _ in range(batch)
+    ]
     return frames, windows
 
 
@@ -76,7 +80,9 @@ def time_language(pipeline: PerceptionPipeline, repeats: int, max_new_tokens: in
 def load_pipeline(model: str | None, device: str, with_language: bool) -> tuple[PerceptionPipeline, str]:
     folder = Path(model) if model else default_model_dir()
     if folder is not None and (folder / "config.json").is_file():
-        return PerceptionPipeline.from_model_dir(folder, device=device, load_language=with_language), str(folder)
+        return PerceptionPipeline.from_model_dir(folder, device=device, load_language=with_language), str(
+            folder
+        )
     if model:
         raise FileNotFoundError(f"model folder not found: {model}")
     config = ModelConfig()
@@ -103,17 +109,23 @@ def main_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
     batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
     pipeline, source = load_pipeline(args.model, args.device, with_language=not args.no_lm)
-    print(f"# fvp bench on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"device {pipeline.device}, torch {torch.__version__}")
-    print(f"# model: {source}; vision {pipeline.config.vision.backend}, adapter {pipeline.config.adapter.kind}")
+    print(
+        f"# fvp bench on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"device {pipeline.device}, torch {torch.__version__}"
+    )
+    print(
+        f"# model: {source}; vision {pipeline.config.vision.backend}, adapter {pipeline.config.adapter.kind}"
+    )
 
     per_batch = {b: time_stages(pipeline, b, args.repeats) for b in batch_sizes}
     single = per_batch.get(1) or time_stages(pipeline, 1, args.repeats)
     print("\n## Per-stage latency, batch 1 (median ms)\n")
     print(format_table(["stage", "ms"], [[name, single[name]] for name in (*STAGES, "total")]))
     print("\n## Throughput against batch size\n")
-    rows = [[b, per_batch[b]["total"], per_batch[b]["total"] / b, 1000.0 * b / per_batch[b]["total"]]
-            for b in batch_sizes]
+    rows = [
+        [b, per_batch[b]["total"], per_batch[b]["total"] / b, 1000.0 * b / per_batch[b]["total"]]
+        for b in batch_sizes
+    ]
     print(format_table(["batch", "ms per batch", "ms per frame", "frames/s"], rows))
 
     result: dict[str, Any] = {
@@ -121,14 +133,23 @@ def main_bench(args: argparse.Namespace) -> int:
         "model": source,
         "stages_ms": {name: single[name] for name in STAGES},
         "encode_total_ms": single["total"],
-        "throughput": {str(b): {"ms_per_batch": per_batch[b]["total"], "frames_per_s": 1000.0 * b / per_batch[b]["total"]}
-                       for b in batch_sizes},
+        "throughput": {
+            str(b): {
+                "ms_per_batch": per_batch[b]["total"],
+                "frames_per_s": 1000.0 * b / per_batch[b]["total"],
+            }
+            for b in batch_sizes
+        },
     }
     if pipeline.language is not None:
         lm = time_language(pipeline, args.repeats)
         print("\n## Frozen language model (greedy, KV cache)\n")
-        print(format_table(["tokens", "ms per answer", "tokens/s"],
-                           [[int(lm["lm_tokens"]), lm["lm_answer_ms"], lm["lm_tokens_per_s"]]]))
+        print(
+            format_table(
+                ["tokens", "ms per answer", "tokens/s"],
+                [[int(lm["lm_tokens"]), lm["lm_answer_ms"], lm["lm_tokens_per_s"]]],
+            )
+        )
         result.update(lm)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

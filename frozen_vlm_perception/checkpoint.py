@@ -88,13 +88,19 @@ def read_checkpoint_config(model_dir: str | Path) -> tuple[ModelConfig, dict[str
 
 
 def check_compatible(
-    *, where: str | Path, stored: ModelConfig, stored_dims: dict[str, int], expected_dims: dict[str, int],
+    *,
+    where: str | Path,
+    stored: ModelConfig,
+    stored_dims: dict[str, int],
+    expected_dims: dict[str, int],
     expected_backend: str | None = None,
 ) -> None:
     """Raise CheckpointError naming every dimension (and the backend) that differs."""
     problems = []
     if expected_backend is not None and stored.vision.backend != expected_backend:
-        problems.append(f"vision backend: checkpoint {stored.vision.backend!r}, configured {expected_backend!r}")
+        problems.append(
+            f"vision backend: checkpoint {stored.vision.backend!r}, configured {expected_backend!r}"
+        )
     for key, value in expected_dims.items():
         if key in stored_dims and stored_dims[key] != value:
             problems.append(f"{key}: checkpoint {stored_dims[key]}, model {value}")

@@ -84,36 +84,51 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = add("demo", "make the demo recording if missing, run the nodes on its test split, print labels and answers",
-            _demo)
+    p = add(
+        "demo",
+        "make the demo recording if missing, run the nodes on its test split, print labels and answers",
+        _demo,
+    )
     p.add_argument("--bag", default=None, help="demo bag folder (default: made under ~/.cache if missing)")
     p.add_argument("--model", default=None, help="model folder (default: the shipped models/demo)")
     p.add_argument("--seconds", type=float, default=60.0, help="how much of the test split to play")
 
-    p = add("make-demo-bag", "write the demo rosbag2 from real HAPT IMU streams and real photos", _make_demo_bag)
+    p = add(
+        "make-demo-bag", "write the demo rosbag2 from real HAPT IMU streams and real photos", _make_demo_bag
+    )
     _add_make_demo_bag_arguments(p)
 
     p = add("train", "train the IMU encoder (align) or the adapter and activity head (adapter)", lambda a: 2)
     train_sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
     align = train_sub.add_parser("align", help="stage 1: InfoNCE + supervised alignment of the IMU encoder")
     align.set_defaults(handler=_train_align)
-    adapter = train_sub.add_parser("adapter", help="stage 2: resampler/adapter + head with the frozen LM's loss")
+    adapter = train_sub.add_parser(
+        "adapter", help="stage 2: resampler/adapter + head with the frozen LM's loss"
+    )
     adapter.set_defaults(handler=_train_adapter)
     _add_train_arguments(align, adapter)
 
-    p = add("eval", "score a model on a bag: accuracy, macro-F1, retrieval, QA, latency; writes a report", _eval)
+    p = add(
+        "eval", "score a model on a bag: accuracy, macro-F1, retrieval, QA, latency; writes a report", _eval
+    )
     _add_eval_arguments(p)
 
     p = add("bench", "time every stage of the pipeline on this machine and print tables", _bench)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.add_argument("--model", default=None, help="model folder (default: models/demo, else fresh trainable parts)")
+    p.add_argument(
+        "--model", default=None, help="model folder (default: models/demo, else fresh trainable parts)"
+    )
     p.add_argument("--repeats", type=int, default=15, help="timed repetitions per measurement")
-    p.add_argument("--batch-sizes", default="1,4,8", help="comma-separated batch sizes for the throughput table")
+    p.add_argument(
+        "--batch-sizes", default="1,4,8", help="comma-separated batch sizes for the throughput table"
+    )
     p.add_argument("--no-lm", action="store_true", help="skip the language model")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the numbers as JSON")
 
     p = add("run", "run the perception and reasoning nodes in this process (no `ros2 launch` needed)", _run)
-    p.add_argument("--params", default=None, metavar="FILE", help="ROS parameters YAML (config/perception.yaml)")
+    p.add_argument(
+        "--params", default=None, metavar="FILE", help="ROS parameters YAML (config/perception.yaml)"
+    )
 
     p = add("play", "publish a bag's camera and IMU with the recorded timing", _play)
     p.add_argument("bag", help="bag folder or file")

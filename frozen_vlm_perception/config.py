@@ -220,9 +220,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> 
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(
-            f"{where or cls.__name__}: unknown setting(s) {unknown}; known: {sorted(known)}"
-        )
+        raise ConfigError(f"{where or cls.__name__}: unknown setting(s) {unknown}; known: {sorted(known)}")
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name

@@ -1,9 +1,9 @@
 """PerceptionPipeline: frames + IMU windows -> scenes; scene + question -> answer. No ROS here.
 
-    pipeline = PerceptionPipeline.from_model_dir("models/demo")
-    scene = pipeline.encode_one(frame_rgb, imu_window)        # frame (H, W, 3) uint8, window (T, C)
-    print(scene.label, scene.confidence)
-    print(pipeline.answer(scene, "What is the person doing?").text)
+pipeline = PerceptionPipeline.from_model_dir("models/demo")
+scene = pipeline.encode_one(frame_rgb, imu_window)        # frame (H, W, 3) uint8, window (T, C)
+print(scene.label, scene.confidence)
+print(pipeline.answer(scene, "What is the person doing?").text)
 """
 
 from __future__ import annotations
@@ -112,13 +112,23 @@ class PerceptionPipeline:
         if load_language:
             language = _load_language(config, torch_device)
             check_compatible(
-                where=model_dir, stored=config, stored_dims=dims, expected_dims={"lm_dim": language.hidden_size}
+                where=model_dir,
+                stored=config,
+                stored_dims=dims,
+                expected_dims={"lm_dim": language.hidden_size},
             )
-        return cls(config=config, vision=vision, scene_model=scene_model, language=language, device=torch_device)
+        return cls(
+            config=config, vision=vision, scene_model=scene_model, language=language, device=torch_device
+        )
 
     @classmethod
     def from_config(
-        cls, config: ModelConfig, *, device: str = "auto", language: Any | None = None, lm_dim: int | None = None,
+        cls,
+        config: ModelConfig,
+        *,
+        device: str = "auto",
+        language: Any | None = None,
+        lm_dim: int | None = None,
         seed: int = 0,
     ) -> PerceptionPipeline:
         """A pipeline with real frozen parts and freshly initialised trainable parts (before training).
@@ -135,7 +145,9 @@ class PerceptionPipeline:
         scene_model = SceneModel(
             config=config, vision_dim=vision.dim, vision_tokens=vision.num_tokens, lm_dim=lm_dim
         )
-        return cls(config=config, vision=vision, scene_model=scene_model, language=language, device=torch_device)
+        return cls(
+            config=config, vision=vision, scene_model=scene_model, language=language, device=torch_device
+        )
 
     def save(self, model_dir: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
         """Write the trainable parts and the config (the frozen parts are referenced, not copied)."""
@@ -205,11 +217,19 @@ class PerceptionPipeline:
         scenes = []
         for i in range(batch):
             modalities = tuple(
-                name for name, present in ((MODALITY_VISION, has_vision[i]), (MODALITY_IMU, has_imu[i])) if present
+                name
+                for name, present in ((MODALITY_VISION, has_vision[i]), (MODALITY_IMU, has_imu[i]))
+                if present
             )
             scenes.append(
-                Scene(latents=latents[i], pooled=pooled[i], scores=scores[i], labels=labels,
-                      modalities=modalities, timings_ms=timings)
+                Scene(
+                    latents=latents[i],
+                    pooled=pooled[i],
+                    scores=scores[i],
+                    labels=labels,
+                    modalities=modalities,
+                    timings_ms=timings,
+                )
             )
         return scenes
 

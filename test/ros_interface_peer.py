@@ -33,8 +33,13 @@ class Peer(Node):
         image.header.stamp = stamp
         image.header.frame_id = "camera"
         self.images.publish(image)
-        label = ActivityLabel(label="walking", confidence=0.75, candidate_labels=["walking", "sitting"],
-                              scores=[0.75, 0.25], source=ActivityLabel.SOURCE_FUSED)
+        label = ActivityLabel(
+            label="walking",
+            confidence=0.75,
+            candidate_labels=["walking", "sitting"],
+            scores=[0.75, 0.25],
+            source=ActivityLabel.SOURCE_FUSED,
+        )
         label.header = image.header
         self.labels.publish(label)
 

@@ -64,8 +64,11 @@ def test_answer_without_language_model_is_a_clear_error(pipeline):
 
 def test_answer_uses_the_frozen_language_model(pipeline, language_model):
     full = PerceptionPipeline(
-        config=pipeline.config, vision=pipeline.vision, scene_model=pipeline.scene_model,
-        language=language_model, device=pipeline.device,
+        config=pipeline.config,
+        vision=pipeline.vision,
+        scene_model=pipeline.scene_model,
+        language=language_model,
+        device=pipeline.device,
     )
     scene = full.encode_one(skimage.data.coffee(), window(0))
     result = full.answer(scene, "What is the person doing?", max_new_tokens=8)

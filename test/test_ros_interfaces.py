@@ -52,7 +52,9 @@ def test_query_service_and_topics_between_processes(peer):
             executor.spin_once(timeout_sec=0.1)
         assert client.service_is_ready(), "QueryScene service never appeared"
 
-        request = QueryScene.Request(question="what is here?", stamp=Time(sec=5, nanosec=7), max_new_tokens=12)
+        request = QueryScene.Request(
+            question="what is here?", stamp=Time(sec=5, nanosec=7), max_new_tokens=12
+        )
         future = client.call_async(request)
         executor.spin_until_future_complete(future, timeout_sec=20)
         response = future.result()

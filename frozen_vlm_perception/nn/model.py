@@ -45,7 +45,9 @@ class SceneModel(nn.Module):
         if config.adapter.kind == "resampler":
             self.adapter = PerceiverResampler(config=config.adapter, media_dim=vision_dim, out_dim=lm_dim)
         else:
-            self.adapter = LinearAdapter(in_dim=vision_dim, out_dim=lm_dim, num_tokens=config.adapter.num_tokens)
+            self.adapter = LinearAdapter(
+                in_dim=vision_dim, out_dim=lm_dim, num_tokens=config.adapter.num_tokens
+            )
         self.head = ActivityHead(dim=lm_dim, num_labels=len(config.labels))
 
     @property
@@ -77,7 +79,9 @@ class SceneModel(nn.Module):
         ref = vision_pooled if vision_pooled is not None else imu_windows
         device, dtype = ref.device, torch.float32
         if vision_pooled is None:
-            vision_tokens = torch.zeros(batch, self.vision_tokens, self.vision_dim, device=device, dtype=dtype)
+            vision_tokens = torch.zeros(
+                batch, self.vision_tokens, self.vision_dim, device=device, dtype=dtype
+            )
             vision_pooled = torch.zeros(batch, self.vision_dim, device=device, dtype=dtype)
             has_vision = torch.zeros(batch, dtype=torch.bool, device=device)
         imu_pooled = None

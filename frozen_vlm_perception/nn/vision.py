@@ -57,7 +57,9 @@ class Preprocess:
             height, width = x.shape[1:]
             scale = self.resize / min(height, width)
             size = (max(self.crop, round(height * scale)), max(self.crop, round(width * scale)))
-            x = F.interpolate(x[None], size=size, mode=self.interpolation, antialias=True, align_corners=False)[0]
+            x = F.interpolate(
+                x[None], size=size, mode=self.interpolation, antialias=True, align_corners=False
+            )[0]
             top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
             x = x[:, top : top + self.crop, left : left + self.crop].clamp(0.0, 1.0)
             out.append((x - mean) / std)
@@ -141,7 +143,9 @@ class OpenClipEncoder(FrozenVisionEncoder):
         visual = model.visual
         visual.output_tokens = hasattr(visual, "output_tokens")
         self.visual = visual
-        self.dim = int(model.text_projection.shape[1] if hasattr(model, "text_projection") else visual.output_dim)
+        self.dim = int(
+            model.text_projection.shape[1] if hasattr(model, "text_projection") else visual.output_dim
+        )
         self.dim = int(getattr(visual, "output_dim", self.dim))
         size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
         mean = getattr(visual, "image_mean", None) or CLIP_MEAN
@@ -184,7 +188,9 @@ class HfClipEncoder(FrozenVisionEncoder):
         self.dim = model.config.projection_dim
         size = model.config.image_size
         self.num_tokens = (size // model.config.patch_size) ** 2
-        self.preprocess = Preprocess(resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD, interpolation="bicubic")
+        self.preprocess = Preprocess(
+            resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD, interpolation="bicubic"
+        )
 
     def encode(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         out = self.model(pixel_values=pixels)

@@ -36,7 +36,9 @@ def test_imu_encoder_shapes_and_channel_count():
 def test_scene_model_shapes_for_both_adapters(kind, num_out):
     model = SceneModel(config=small_config(kind), vision_dim=D, vision_tokens=N, lm_dim=H)
     out = model(
-        vision_tokens=torch.randn(4, N, D), vision_pooled=torch.randn(4, D), imu_windows=torch.randn(4, 128, 6)
+        vision_tokens=torch.randn(4, N, D),
+        vision_pooled=torch.randn(4, D),
+        imu_windows=torch.randn(4, 128, 6),
     )
     assert out.latents.shape == (4, num_out, H)
     assert out.logits.shape == (4, 6) and out.pooled.shape == (4, D) and out.imu_pooled.shape == (4, D)
@@ -51,8 +53,12 @@ def test_fusion_pooled_is_the_weighted_combination_with_per_sample_mask():
     has_v = torch.tensor([True, True, False])
     has_i = torch.tensor([True, False, True])
     tokens, log_w, pooled = fusion(
-        vision_tokens=torch.randn(3, N, D), vision_pooled=v, imu_tokens=torch.randn(3, 4, D),
-        imu_pooled=i, has_vision=has_v, has_imu=has_i,
+        vision_tokens=torch.randn(3, N, D),
+        vision_pooled=v,
+        imu_tokens=torch.randn(3, 4, D),
+        imu_pooled=i,
+        has_vision=has_v,
+        has_imu=has_i,
     )
     torch.testing.assert_close(pooled[0], 0.25 * v[0] + 0.75 * i[0])
     torch.testing.assert_close(pooled[1], v[1])  # vision-only sample: all weight on vision
@@ -67,8 +73,12 @@ def test_fusion_refuses_samples_without_any_modality():
     fusion = ModalityFusion(dim=D, alpha=0.5)
     with pytest.raises(ValueError, match="at least one modality"):
         fusion(
-            vision_tokens=torch.randn(1, N, D), vision_pooled=torch.randn(1, D), imu_tokens=torch.randn(1, 4, D),
-            imu_pooled=torch.randn(1, D), has_vision=torch.tensor([False]), has_imu=torch.tensor([False]),
+            vision_tokens=torch.randn(1, N, D),
+            vision_pooled=torch.randn(1, D),
+            imu_tokens=torch.randn(1, 4, D),
+            imu_pooled=torch.randn(1, D),
+            has_vision=torch.tensor([False]),
+            has_imu=torch.tensor([False]),
         )
 
 
@@ -84,10 +94,16 @@ def test_resampler_ignores_masked_media():
 
 def test_alpha_changes_the_fused_latents_only_when_both_modalities_are_present():
     model = SceneModel(config=small_config("resampler"), vision_dim=D, vision_tokens=N, lm_dim=H).eval()
-    inputs = dict(vision_tokens=torch.randn(1, N, D), vision_pooled=torch.randn(1, D), imu_windows=torch.randn(1, 128, 6))
+    inputs = dict(
+        vision_tokens=torch.randn(1, N, D),
+        vision_pooled=torch.randn(1, D),
+        imu_windows=torch.randn(1, 128, 6),
+    )
     assert not torch.allclose(model(**inputs, alpha=0.2).latents, model(**inputs, alpha=0.8).latents)
     vision_only = dict(inputs, imu_windows=None)
-    torch.testing.assert_close(model(**vision_only, alpha=0.2).latents, model(**vision_only, alpha=0.8).latents)
+    torch.testing.assert_close(
+        model(**vision_only, alpha=0.2).latents, model(**vision_only, alpha=0.8).latents
+    )
 
 
 def test_frozen_vision_stays_bit_identical_after_an_optimizer_step(vision_encoder):
@@ -97,7 +113,9 @@ def test_frozen_vision_stays_bit_identical_after_an_optimizer_step(vision_encode
     model = SceneModel(config=ModelConfig(), vision_dim=1280, vision_tokens=49, lm_dim=H)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     tokens, pooled = vision_encoder([skimage.data.coffee(), skimage.data.chelsea()])
-    out = model(vision_tokens=tokens.clone(), vision_pooled=pooled.clone(), imu_windows=torch.randn(2, 128, 6))
+    out = model(
+        vision_tokens=tokens.clone(), vision_pooled=pooled.clone(), imu_windows=torch.randn(2, 128, 6)
+    )
     trainable_before = {k: v.clone() for k, v in model.state_dict().items()}
     loss = torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1])) + out.latents.pow(2).mean()
     loss.backward()

@@ -75,8 +75,13 @@ def test_hf_clip_backend_loads_a_local_folder(tmp_path, torch_threads):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     small = CLIPVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        image_size=64, patch_size=16, projection_dim=48,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=64,
+        patch_size=16,
+        projection_dim=48,
     )
     CLIPVisionModelWithProjection(small).save_pretrained(tmp_path)
     encoder = build_vision_encoder(VisionConfig(backend="hf_clip", weights=str(tmp_path)))

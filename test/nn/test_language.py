@@ -1,0 +1,325 @@
+"""The frozen language model: prompt splicing, greedy decoding, streaming, the loss, the cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+from frozen_vlm_perception.config import LanguageConfig
+from frozen_vlm_perception.nn import language as L
+from frozen_vlm_perception.nn.language import FrozenLanguageModel
+
+QUESTION = "Which city is this, and what is it famous for?"
+SCENE_WORDS = "a photo of the Eiffel Tower"
+
+
+def word_tokens(lm: FrozenLanguageModel, words: str) -> torch.Tensor:
+    """The LM's own input embeddings of ``words`` as they would be written after "Scene: " (K, H)."""
+    ids = lm.tokenizer(" " + words, add_special_tokens=False)["input_ids"]
+    return lm.embed_ids(torch.tensor(ids))
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+
+def test_answers_capital_of_france_without_scene(language_model):
+    result = language_model.generate(None, "What is the capital of France?")
+    assert "Paris" in result.text
+    assert result.reason == "eos" and not result.stopped_early
+    assert result.text == result.text.strip() and "<|im_end|>" not in result.text
+
+
+def test_prompt_layout(language_model):
+    lm = language_model
+    config = lm.config
+    text = lm.prompt_text("What is this?")
+    assert text.startswith(f"<|im_start|>system\n{config.system_prompt}<|im_end|>\n")
+    assert text.endswith("<|im_start|>user\nScene: <scene>\nWhat is this?<|im_end|>\n<|im_start|>assistant\n")
+    without = lm.prompt_text("What is this?", with_scene=False)
+    assert without.endswith("<|im_start|>user\nWhat is this?<|im_end|>\n<|im_start|>assistant\n")
+    assert "Scene" not in without and "<scene>" not in without
+    # Without a scene the prompt is exactly the tokenized text.
+    ids = lm.tokenizer(without, add_special_tokens=False)["input_ids"]
+    assert torch.equal(lm.build_prompt(None, "What is this?"), lm.embed_ids(torch.tensor(ids))[None])
+
+
+def test_question_containing_the_placeholder_stays_text(language_model):
+    text = language_model.prompt_text("What does <scene> mean?")
+    assert text.count("<scene>") == 2  # the slot, and the question's own words
+    scene = word_tokens(language_model, "a cat")
+    prompt = language_model.build_prompt(scene, "What does <scene> mean?")
+    assert prompt.shape[0] == 1 and prompt.shape[2] == language_model.hidden_size
+
+
+def test_pseudo_tokens_of_words_equal_the_words_as_text(language_model):
+    """Embeddings of words as the scene == the same words written in the placeholder's place."""
+    lm = language_model
+    scene = word_tokens(lm, SCENE_WORDS)
+    text = lm.prompt_text(QUESTION).replace(lm.config.scene_placeholder, SCENE_WORDS)
+    text_ids = torch.tensor(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    spliced = lm.build_prompt(scene, QUESTION)
+    assert spliced.shape == (1, len(text_ids), lm.hidden_size)
+    assert torch.equal(spliced, lm.embed_ids(text_ids)[None])
+
+    ours = lm.generate(scene, QUESTION, max_new_tokens=12)
+    # Independent reference: transformers' own greedy search on the text's token ids.
+    with torch.inference_mode():
+        out = lm.lm.generate(input_ids=text_ids[None], max_new_tokens=12, do_sample=False)
+    reference = lm.tokenizer.decode(out[0, len(text_ids) :], skip_special_tokens=True).strip()
+    assert ours.text == reference
+    assert "Eiffel" in ours.text or "Paris" in ours.text
+
+
+# -- streaming and stopping ------------------------------------------------------------------------
+
+
+def test_streaming_is_prefix_consistent_and_ends_with_the_answer(language_model):
+    partials: list[str] = []
+    result = language_model.generate(
+        None, "Tell me a long story about a robot.", max_new_tokens=12, on_text=partials.append
+    )
+    assert result.num_tokens == 12 and result.reason == "max_new_tokens"
+    assert len(partials) == result.num_tokens
+    for shorter, longer in zip(partials, partials[1:], strict=False):
+        assert longer.startswith(shorter)
+    assert partials[-1] == result.text and result.text
+    assert result.seconds > 0
+
+
+def test_max_new_tokens_bounds_the_answer(language_model):
+    result = language_model.generate(None, "Tell me a long story about a robot.", max_new_tokens=3)
+    assert result.num_tokens == 3 and result.reason == "max_new_tokens"
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        language_model.generate(None, "Hello?", max_new_tokens=0)
+
+
+def test_should_stop_cancels(language_model):
+    partials: list[str] = []
+    result = language_model.generate(
+        None,
+        "Tell me a long story about a robot.",
+        max_new_tokens=20,
+        on_text=partials.append,
+        should_stop=lambda: len(partials) >= 3,
+    )
+    assert result.stopped_early and result.reason == "cancelled"
+    assert result.num_tokens == 3 and result.text == partials[-1]
+
+    result = language_model.generate(None, "Hello?", should_stop=lambda: True)
+    assert result.stopped_early and result.num_tokens == 0 and result.text == ""
+
+
+def test_eos_ids_include_end_of_turn(language_model):
+    im_end = language_model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in language_model.eos_token_ids
+
+
+# -- frozen weights, trainable pseudo-tokens -------------------------------------------------------
+
+
+def test_stays_frozen_and_in_eval(language_model):
+    lm = language_model
+    assert not any(p.requires_grad for p in lm.parameters())
+    lm.train()
+    assert not lm.training and not any(m.training for m in lm.modules())
+
+
+def test_training_scene_tokens_moves_them_not_the_lm(language_model):
+    """Adam on pseudo-tokens through answer_loss: the loss falls, the LM stays bit-identical."""
+    lm = language_model
+    before = {name: p.detach().clone() for name, p in lm.named_parameters()}
+    generator = torch.Generator().manual_seed(0)
+    scene = (0.13 * torch.randn(1, 4, lm.hidden_size, generator=generator)).requires_grad_(True)
+    start = scene.detach().clone()
+    optimizer = torch.optim.Adam([scene], lr=0.05)
+    question, answer = ["What is the robot doing?"], ["The robot is walking up the stairs."]
+    losses = []
+    for _ in range(5):
+        loss = lm.answer_loss(scene, question, answer)
+        optimizer.zero_grad()
+        loss.backward()
+        assert scene.grad is not None and torch.isfinite(scene.grad).all() and scene.grad.abs().sum() > 0
+        optimizer.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        final = lm.answer_loss(scene, question, answer).item()
+    assert final < 0.8 * losses[0], losses + [final]
+    assert not torch.equal(scene.detach(), start)
+    for name, param in lm.named_parameters():
+        assert param.grad is None, name
+        assert torch.equal(param, before[name]), f"{name} changed"
+
+
+def test_answer_loss_batches_with_padding_like_single_examples(language_model):
+    lm = language_model
+    scene = 0.13 * torch.randn(2, 3, lm.hidden_size, generator=torch.Generator().manual_seed(1))
+    questions = ["What is the robot doing?", "Is it day or night where the robot is?"]
+    answers = ["Walking.", "It is night and the robot is lying down on the floor."]
+    with torch.no_grad():
+        batched = lm.answer_loss(scene, questions, answers)
+        singles = [lm.answer_loss(scene[i : i + 1], questions[i : i + 1], answers[i : i + 1]) for i in (0, 1)]
+    # The batch mean is over answer tokens; each answer also predicts its end-of-turn token.
+    counts = [len(lm.tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers]
+    expected = (singles[0] * counts[0] + singles[1] * counts[1]) / sum(counts)
+    assert torch.allclose(batched, expected, atol=1e-4)
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("question", ["", "   \n\t "])
+def test_empty_question_is_refused(language_model, question):
+    with pytest.raises(ValueError, match="empty"):
+        language_model.generate(None, question)
+
+
+def test_too_long_question_is_refused(language_model):
+    limit = language_model.config.max_question_chars
+    with pytest.raises(ValueError, match="max_question_chars"):
+        language_model.generate(None, "why " * (limit // 4 + 1))
+
+
+@pytest.mark.parametrize(
+    "make_scene",
+    [
+        lambda h: torch.zeros(4, h + 1),  # wrong hidden size
+        lambda h: torch.zeros(h),  # no token axis
+        lambda h: torch.zeros(0, h),  # no tokens
+        lambda h: torch.zeros(1, 4, h),  # batched where one scene is expected
+        lambda h: torch.full((4, h), float("nan")),
+        lambda h: torch.full((4, h), float("inf")),
+        lambda h: torch.zeros(4, h, dtype=torch.long),
+    ],
+    ids=["hidden-size", "1-d", "empty", "batched", "nan", "inf", "integer"],
+)
+def test_bad_scene_tokens_are_refused(language_model, make_scene):
+    scene = make_scene(language_model.hidden_size)
+    with pytest.raises(ValueError, match="scene tokens"):
+        language_model.generate(scene, "What is this?")
+    with pytest.raises(ValueError, match="scene tokens"):
+        language_model.build_prompt(scene, "What is this?")
+
+
+def test_answer_loss_refuses_bad_batches(language_model):
+    h = language_model.hidden_size
+    with pytest.raises(ValueError, match="one to one"):
+        language_model.answer_loss(torch.zeros(2, 3, h), ["a?"], ["b", "c"])
+    with pytest.raises(ValueError, match="scene tokens"):
+        language_model.answer_loss(torch.zeros(3, h), ["a?"], ["b"])
+    with pytest.raises(ValueError, match="NaN"):
+        language_model.answer_loss(torch.full((1, 3, h), float("nan")), ["a?"], ["b"])
+    with pytest.raises(ValueError, match="answers"):
+        language_model.answer_loss(torch.zeros(1, 3, h), ["a?"], [" "])
+
+
+def test_missing_source_folder_is_named(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        FrozenLanguageModel(config=LanguageConfig(source=str(missing)))
+    with pytest.raises(ValueError, match="cannot load"):
+        L.load_causal_lm(str(tmp_path))  # exists, but holds no model
+
+
+def test_local_folder_source_with_a_tiny_random_model(language_model, tmp_path, caplog):
+    """Any local transformers causal LM works; here a random 2-layer Llama with SmolLM2's tokenizer
+    and its chat template removed (a base model), which falls back to ChatML."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(language_model.tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        eos_token_id=language_model.tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    language_model.tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink()
+
+    with caplog.at_level(logging.WARNING, logger=L.__name__):
+        lm = FrozenLanguageModel(config=LanguageConfig(source=str(tmp_path), max_new_tokens=4))
+    assert "no chat template" in caplog.text
+    assert lm.hidden_size == 64 and not any(p.requires_grad for p in lm.parameters())
+    assert lm.prompt_text("What is this?") == language_model.prompt_text("What is this?")
+    result = lm.generate(torch.randn(3, 64), "What is this?")
+    assert result.num_tokens <= 4
+    scene = torch.randn(2, 3, 64, requires_grad=True)
+    lm.answer_loss(scene, ["What?", "Where?"], ["A cat.", "In the kitchen."]).backward()
+    assert scene.grad is not None and scene.grad.abs().sum() > 0
+
+
+# -- the dequantized cache -------------------------------------------------------------------------
+
+
+def fake_cache(folder, *, gguf_sha="ab" * 32):
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights" * 100)
+    files = {"model.safetensors": L._sha256(folder / "model.safetensors")}
+    manifest = {"format": L.CACHE_FORMAT, "gguf_sha256": gguf_sha, "files": files}
+    (folder / L.MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_cache_check_accepts_a_complete_cache(tmp_path):
+    folder = fake_cache(tmp_path / "c")
+    assert L._cache_problem(folder, "ab" * 32) is None
+
+
+def test_cache_check_finds_every_kind_of_damage(tmp_path):
+    assert L._cache_problem(tmp_path / "absent", "ab" * 32) == "missing"
+    assert "manifest" in L._cache_problem(fake_cache(tmp_path / "other-gguf"), "cd" * 32)
+
+    folder = fake_cache(tmp_path / "flipped")
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[100] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    assert "SHA-256" in L._cache_problem(folder, "ab" * 32)
+
+    folder = fake_cache(tmp_path / "truncated-manifest")
+    (folder / L.MANIFEST).write_text('{"format": 1, "gguf_')
+    assert "manifest" in L._cache_problem(folder, "ab" * 32)
+
+    folder = fake_cache(tmp_path / "no-weights")
+    (folder / "model.safetensors").unlink()
+    assert "missing" in L._cache_problem(folder, "ab" * 32)
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FVP_CACHE_DIR", str(tmp_path / "fvp"))
+    assert L.cache_root() == tmp_path / "fvp"
+    monkeypatch.delenv("FVP_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert L.cache_root() == tmp_path / "xdg" / "frozen_vlm_perception"
+
+
+@pytest.mark.slow
+def test_corrupted_cache_is_detected_and_rebuilt(language_model, monkeypatch, tmp_path, caplog):
+    original = L.ensure_smollm2_cache()  # the cache the session fixture uses (already valid)
+    manifest = json.loads((original / L.MANIFEST).read_text())
+    copy = tmp_path / original.name
+    shutil.copytree(original, copy)
+    weights = copy / "model.safetensors"
+    with open(weights, "r+b") as handle:  # flip bytes in the middle of the tensor data
+        handle.seek(weights.stat().st_size // 2)
+        chunk = handle.read(64)
+        handle.seek(-64, 1)
+        handle.write(bytes(b ^ 0xFF for b in chunk))
+    monkeypatch.setenv("FVP_CACHE_DIR", str(tmp_path))
+
+    with caplog.at_level(logging.WARNING, logger=L.__name__):
+        rebuilt = L.ensure_smollm2_cache()
+    assert rebuilt == copy
+    assert any("does not match" in record.getMessage() for record in caplog.records)
+    assert L._cache_problem(rebuilt, manifest["gguf_sha256"]) is None
+    # Dequantization is deterministic: the rebuilt weights are byte-identical to the original ones.
+    assert L._sha256(weights) == manifest["files"]["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [original.name]  # no temp left

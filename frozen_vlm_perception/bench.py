@@ -25,7 +25,7 @@ from frozen_vlm_perception.config import ModelConfig
 from frozen_vlm_perception.paths import default_model_dir
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 
-STAGES = ("vision", "imu", "fusion_resampler", "head")
+STAGES = ("preprocess", "vision", "imu", "fusion_resampler", "head")
 BENCH_QUESTION = "What is the person doing?"
 
 

@@ -33,7 +33,7 @@ def share_dir() -> Path | None:
         return None
     try:
         return Path(get_package_share_directory(PACKAGE_NAME))
-    except (PackageNotFoundError, KeyError, ValueError):
+    except (PackageNotFoundError, KeyError, ValueError, OSError):  # OSError: AMENT_PREFIX_PATH unset
         return None
 
 

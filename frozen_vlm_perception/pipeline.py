@@ -194,8 +194,10 @@ class PerceptionPipeline:
         stage = self._stopwatch(timings)
         vision_tokens = vision_pooled = None
         if has_vision.any():
+            with stage("preprocess"):
+                pixels = self.vision.preprocess([f for f in frames if f is not None], self.device)
             with stage("vision"):
-                tokens, pooled = self.vision([f for f in frames if f is not None])
+                tokens, pooled = self.vision.encode(pixels)
             vision_tokens = _scatter(tokens, has_vision, self.device)
             vision_pooled = _scatter(pooled, has_vision, self.device)
         imu_tensor = None

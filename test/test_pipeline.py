@@ -36,7 +36,7 @@ def test_scene_fields(pipeline):
     assert scene.pooled.shape == (1280,)
     assert scene.scores.shape == (6,) and abs(scene.scores.sum() - 1) < 1e-5
     assert scene.label in scene.labels and 0 < scene.confidence <= 1
-    assert {"vision", "imu", "fusion_resampler", "head"} <= set(scene.timings_ms)
+    assert {"preprocess", "vision", "imu", "fusion_resampler", "head"} <= set(scene.timings_ms)
 
 
 def test_mode_overrides_drop_a_modality(pipeline):

@@ -1,0 +1,516 @@
+"""Perception node: camera frames + IMU -> an activity label and the scene latents, per processed frame.
+
+Node name ``perception``; with the default names its interfaces are::
+
+    subscribes  /camera/image_raw     sensor_msgs/Image      (parameter camera.topic, remappable)
+                /imu/data             sensor_msgs/Imu        (parameter imu.topic, remappable)
+    publishes   /perception/activity  ActivityLabel          stamp + frame_id = the camera frame's
+                /perception/latents   SceneLatents           what the reasoning node feeds the LM
+                /diagnostics          diagnostic_msgs/DiagnosticArray, every diagnostics_period_s
+
+How a frame flows (the executor arrangement measured in DESIGN.md section 4): the image callback
+only drops the message into a one-slot mailbox (a frame still waiting there is replaced and counted
+``superseded``), the IMU callback converts one sample into the ImuBuffer. A worker thread of the
+node's own takes the newest frame, waits at most ``sync.max_wait_s`` for IMU samples up to the frame's
+stamp, pairs the frame with the IMU window ending at that stamp, runs the pipeline and publishes.
+So a slow model costs labels, never latency: no backlog is ever processed.
+
+Modes (parameter ``fusion.mode``): ``fused`` uses both and falls back to vision-only, saying so in
+``source``, when the IMU is silent (no sample for ``sync.imu_silence_s`` by the node's clock) or the
+window cannot be trusted (the reason is counted); ``vision`` ignores the IMU; ``imu`` still needs
+the camera topic, whose frames then only provide the timing (pixels are not even converted): one
+label per frame, from the IMU window ending at the frame's stamp.
+
+Lifecycle: configure loads the model and creates the publishers and subscriptions; activate starts
+the worker (reloading the model if a deactivate released it); deactivate stops the worker and frees
+the model; cleanup and shutdown release everything. Parameters are read at configure, except
+``fusion.mode`` and ``fusion.alpha``, which apply to the next frame when changed.
+"""
+
+from __future__ import annotations
+
+import array
+import gc
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image, Imu
+
+from frozen_vlm_perception.config import (
+    FUSION_MODES,
+    ConfigError,
+    FusionConfig,
+    ImuConfig,
+    SyncConfig,
+    from_dict,
+)
+from frozen_vlm_perception.conversions import (
+    ConversionError,
+    image_to_rgb,
+    imu_to_sample,
+    stamp_to_seconds,
+    to_time_msg,
+)
+from frozen_vlm_perception.nodes.common import (
+    DEFAULT_MODEL_DIR,
+    RELIABILITY_CHOICES,
+    Counters,
+    ParamSpec,
+    apply_torch_threads,
+    dataclass_specs,
+    declare_parameters,
+    delta,
+    diagnostic_array,
+    incompatible_qos_warning,
+    parameter_values,
+    qos_profile,
+    resolve_model_dir,
+    section,
+    spin_lifecycle_main,
+    torch_threads_spec,
+)
+from frozen_vlm_perception.sync import ImuBuffer, WindowUnavailable
+from frozen_vlm_perception_interfaces.msg import ActivityLabel, SceneLatents
+
+NODE_NAME = "perception"
+
+_FUSION = FusionConfig()
+_SYNC_DOCS = {
+    "buffer_s": ("Seconds of IMU history kept for pairing.", (0.1, 3600.0)),
+    "max_wait_s": ("Longest a frame waits for IMU samples up to its stamp before falling back.", (0.0, 10.0)),
+    "max_gap_s": ("A window with a larger hole between IMU samples is not trusted (seconds).", (0.0, 10.0)),
+    "min_coverage": ("Share of the IMU window that samples must cover.", (0.0, 1.0)),
+    "imu_silence_s": (
+        "No IMU sample for this long (node clock, so sim time works): vision-only fallback.", (0.0, 3600.0)
+    ),
+}
+
+# Subscription QoS defaults. Reliable: over loopback best-effort lost about 30% of 900 KB images
+# (DESIGN.md section 4). Camera depth 2: the mailbox keeps only the newest frame anyway, a deeper
+# DDS queue would only hold frames that are superseded on arrival. IMU depth 100 (0.5 s at 200 Hz):
+# an executor hiccup must not lose samples, every one of them is used.
+PARAMS: list[ParamSpec] = [
+    ParamSpec("autostart", True, "Configure and activate at start (console script and runner)."),
+    ParamSpec("model_dir", DEFAULT_MODEL_DIR,
+              "Model folder (config.json + model.safetensors); relative paths are tried in the working "
+              "directory, then in the package's data folder. Read at configure."),
+    ParamSpec("device", "auto", "Torch device: auto (CUDA when available), cpu, cuda, cuda:1, ..."),
+    torch_threads_spec(),
+    ParamSpec("fusion.mode", _FUSION.mode, "fused: camera + IMU; vision: camera only; imu: IMU only "
+              "(camera frames then only give the timing).", choices=FUSION_MODES),
+    ParamSpec("fusion.alpha", _FUSION.alpha, "Weight of vision in the fusion; the IMU gets 1 - alpha.",
+              (0.0, 1.0)),
+    ParamSpec("camera.topic", "/camera/image_raw", "sensor_msgs/Image input."),
+    ParamSpec("camera.qos_depth", 2, "Keep-last depth of the camera subscription.", (1, 1000)),
+    ParamSpec("camera.qos_reliability", "reliable", "Camera subscription reliability (best_effort for "
+              "drivers that publish SensorDataQoS).", choices=RELIABILITY_CHOICES),
+    ParamSpec("imu.topic", "/imu/data", "sensor_msgs/Imu input."),
+    ParamSpec("imu.qos_depth", 100, "Keep-last depth of the IMU subscription.", (1, 10000)),
+    ParamSpec("imu.qos_reliability", "reliable", "IMU subscription reliability.",
+              choices=RELIABILITY_CHOICES),
+    *dataclass_specs("sync", SyncConfig, _SYNC_DOCS),
+    ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics and of the drop summary log.",
+              (0.1, 3600.0)),
+]
+PARAM_NAMES = frozenset(s.name for s in PARAMS)
+
+# Drops logged at most this often (the counters keep every one).
+LOG_THROTTLE_S = 5.0
+
+
+class LatestFrame:
+    """One-slot mailbox between the image callback and the worker: put() replaces, take() empties."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item: Any = None
+
+    def put(self, item: Any) -> bool:
+        """Store ``item``; True when it replaced a frame the worker had not taken yet."""
+        with self._cond:
+            replaced = self._item is not None
+            self._item = item
+            self._cond.notify()
+        return replaced
+
+    def take(self, timeout: float) -> Any:
+        """The newest item (None after ``timeout`` seconds without one)."""
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+        return item
+
+    def clear(self) -> None:
+        with self._cond:
+            self._item = None
+            self._cond.notify_all()
+
+
+class PerceptionNode(LifecycleNode):
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
+        super().__init__(node_name, **kwargs)
+        # Every parameter first, with its descriptor, before any publisher or subscription.
+        declare_parameters(self, PARAMS)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self.pipeline = None  # PerceptionPipeline while configured/active (None after deactivate)
+        self.counters = Counters()
+        self._values: dict[str, Any] = {}
+        self._imu_config: ImuConfig | None = None
+        self._sync: SyncConfig | None = None
+        self._fusion = FusionConfig()
+        self._model_path = None
+        self._imu: ImuBuffer | None = None
+        self._imu_event = threading.Event()  # set by every accepted IMU sample
+        self._last_imu_ns: int | None = None  # node clock at the last accepted IMU sample
+        self._mailbox = LatestFrame()
+        self._active = False
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pub_activity = self._pub_latents = self._pub_diagnostics = None
+        self._sub_camera = self._sub_imu = None
+        self._diag_timer = None
+        self._last_counts: dict[str, int] = {}
+        self._stage_ms: dict[str, float] = {}  # summed per stage since the last diagnostics
+        self._latency_ms: list[float] = []  # mailbox -> published, since the last diagnostics
+        self._stats_lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            values = parameter_values(self, PARAMS)
+            self._sync = from_dict(SyncConfig, section(values, "sync"), where="sync")
+            self._sync.validate()
+            fusion = from_dict(FusionConfig, section(values, "fusion"), where="fusion")
+            fusion.validate()
+            self._model_path = resolve_model_dir(values["model_dir"])
+        except (ValueError, ConfigError, FileNotFoundError) as err:
+            self.get_logger().error(f"configure failed: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self._values, self._fusion = values, fusion
+        apply_torch_threads(self, values["torch_threads"])
+        if not self._load_model():
+            return TransitionCallbackReturn.FAILURE
+        self._imu = ImuBuffer.from_config(self._imu_config, self._sync)
+
+        self._pub_activity = self.create_lifecycle_publisher(ActivityLabel, "~/activity", 10)
+        self._pub_latents = self.create_lifecycle_publisher(SceneLatents, "~/latents", 10)
+        # Diagnostics are an ordinary publisher: an inactive node still says that it is inactive.
+        self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._sub_camera = self.create_subscription(
+            Image, values["camera.topic"], self._on_image,
+            qos_profile(values["camera.qos_depth"], values["camera.qos_reliability"]),
+            event_callbacks=incompatible_qos_warning(self, values["camera.topic"]),
+        )
+        self._sub_imu = self.create_subscription(
+            Imu, values["imu.topic"], self._on_imu,
+            qos_profile(values["imu.qos_depth"], values["imu.qos_reliability"]),
+            event_callbacks=incompatible_qos_warning(self, values["imu.topic"]),
+        )
+        self._diag_timer = self.create_timer(values["diagnostics_period_s"], self._publish_diagnostics)
+        self.get_logger().info(
+            f"configured: model {self._model_path}, mode {fusion.mode}, camera "
+            f"{self._sub_camera.topic_name}, imu {self._sub_imu.topic_name}"
+        )
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.pipeline is None and not self._load_model():  # released by a deactivate
+            return TransitionCallbackReturn.FAILURE
+        self._mailbox.clear()
+        self._imu.clear()  # samples from before the pause would only pair with stale frames
+        self._last_imu_ns = None
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run_worker, args=(self._stop,), name="perception-worker",
+                                        daemon=True)
+        self._active = True
+        self._worker.start()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self._release_model()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        self._destroy_entities()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        self._destroy_entities()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        self._destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release(self) -> None:
+        """Stop the worker and free the model (safe in any state, also after rclpy shut down)."""
+        self._stop_worker()
+        self._release_model()
+
+    def _load_model(self) -> bool:
+        from frozen_vlm_perception.pipeline import PerceptionPipeline
+
+        start = time.perf_counter()
+        try:
+            self.pipeline = PerceptionPipeline.from_model_dir(
+                self._model_path, device=self._values["device"], load_language=False, fusion=self._fusion
+            )
+        except Exception as err:  # wrong shapes, missing weights, bad device: say it, stay unconfigured
+            self.get_logger().error(f"cannot load the model from {self._model_path}: {err}")
+            return False
+        self._imu_config = self.pipeline.config.imu
+        self.get_logger().info(
+            f"model loaded in {time.perf_counter() - start:.1f} s on {self.pipeline.device} "
+            f"({self.pipeline.config.vision.backend}, {self.pipeline.config.adapter.kind})"
+        )
+        return True
+
+    def _release_model(self) -> None:
+        if self.pipeline is None:
+            return
+        device = self.pipeline.device
+        self.pipeline = None
+        gc.collect()  # the pipeline holds reference cycles (torch modules): free the weights now
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        if self.context.ok():  # after Ctrl-C the context is gone and so is /rosout
+            self.get_logger().info("model released")
+
+    def _stop_worker(self) -> None:
+        self._active = False
+        self._stop.set()
+        self._mailbox.clear()  # wakes the worker
+        self._imu_event.set()
+        worker, self._worker = self._worker, None
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=30.0)  # at most one inference in flight
+            if worker.is_alive():
+                self.get_logger().error("the worker did not stop within 30 s")
+
+    def _destroy_entities(self) -> None:
+        for sub in (self._sub_camera, self._sub_imu):
+            if sub is not None:
+                self.destroy_subscription(sub)
+        for pub in (self._pub_activity, self._pub_latents):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        if self._pub_diagnostics is not None:
+            self.destroy_publisher(self._pub_diagnostics)
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+        self._sub_camera = self._sub_imu = self._pub_activity = self._pub_latents = None
+        self._pub_diagnostics = self._diag_timer = None
+        self._imu = None
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Refuse values outside their choices; fusion settings take effect on the next frame."""
+        spec = {s.name: s for s in PARAMS}
+        fusion = {"mode": self._fusion.mode, "alpha": self._fusion.alpha}
+        for param in params:
+            if param.name in spec:
+                problem = spec[param.name].check(param.value)
+                if problem:
+                    return SetParametersResult(successful=False, reason=problem)
+            if param.name.startswith("fusion."):
+                fusion[param.name.split(".", 1)[1]] = param.value
+        candidate = FusionConfig(**fusion)
+        try:
+            candidate.validate()
+        except ConfigError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        self._fusion = candidate  # one attribute swap: the worker reads a consistent pair
+        return SetParametersResult(successful=True)
+
+    # ----------------------------------------------------------------------------------------------
+    # Callbacks: convert or buffer, and return (they run on the executor; the worker does the rest)
+
+    def _on_image(self, msg) -> None:
+        self.counters.add("frames_received")
+        if not self._active:
+            self.counters.add("drop:inactive")
+            return
+        # Conversion waits for the worker: a frame that gets superseded is never converted at all.
+        if self._mailbox.put((msg, time.perf_counter())):
+            self._drop("superseded")
+
+    def _on_imu(self, msg) -> None:
+        imu = self._imu
+        if not self._active or imu is None:
+            return
+        try:
+            t, sample = imu_to_sample(msg)
+        except ConversionError as err:
+            self._drop(f"imu:{err.reason}", str(err))
+            return
+        if imu.add(t, sample):  # its own drops (out of order, duplicates) are in imu.drops
+            self._last_imu_ns = self.get_clock().now().nanoseconds
+            self._imu_event.set()
+
+    # ----------------------------------------------------------------------------------------------
+    # Worker
+
+    def _run_worker(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            item = self._mailbox.take(timeout=0.2)
+            if item is None or stop.is_set():
+                continue
+            try:
+                self._process(*item, stop)
+            except Exception as err:  # a model error on odd input must not end the worker
+                self._drop("inference_error", f"{type(err).__name__}: {err}")
+
+    def _process(self, msg, received: float, stop: threading.Event) -> None:
+        pipeline, fusion = self.pipeline, self._fusion
+        if pipeline is None:
+            return
+        stamp = msg.header.stamp
+        frame = None
+        if fusion.mode != "imu":
+            try:
+                frame = image_to_rgb(msg)
+            except ConversionError as err:
+                self._drop(f"camera:{err.reason}", str(err))
+                return
+        window = None
+        if fusion.mode != "vision":
+            window, reason = self._imu_window(stamp_to_seconds(stamp), stop)
+            if window is None:
+                if fusion.mode == "imu":
+                    self._drop(f"imu_window:{reason}")
+                    return
+                self.counters.add(f"vision_fallback:{reason}")
+        scene = pipeline.encode_one(
+            frame, None if window is None else window.data, mode=fusion.mode, alpha=fusion.alpha
+        )
+        if stop.is_set():
+            return  # deactivating: the lifecycle publishers are about to be disabled
+        self._publish(msg.header, scene, window)
+        with self._stats_lock:
+            for name, ms in scene.timings_ms.items():
+                self._stage_ms[name] = self._stage_ms.get(name, 0.0) + ms
+            self._latency_ms.append((time.perf_counter() - received) * 1000.0)
+        self.counters.add("frames_labelled")
+        self.counters.add(f"source:{scene.source}")
+
+    def _imu_window(self, t_end: float, stop: threading.Event):
+        """(window, None) or (None, reason). Waits at most max_wait_s for samples up to ``t_end``."""
+        sync = self._sync
+        last = self._last_imu_ns
+        if last is None or self.get_clock().now().nanoseconds - last > sync.imu_silence_s * 1e9:
+            return None, "imu_silent"  # don't wait max_wait_s on every frame for an IMU that is gone
+        deadline = time.monotonic() + sync.max_wait_s
+        while True:
+            self._imu_event.clear()  # before looking: a sample arriving after the look wakes the wait
+            try:
+                return self._imu.window(t_end, self._imu_config, sync), None
+            except WindowUnavailable as err:
+                remaining = deadline - time.monotonic()
+                if err.reason != "not_yet" or remaining <= 0 or stop.is_set():
+                    return None, err.reason
+            self._imu_event.wait(remaining)
+
+    def _publish(self, header, scene, window) -> None:
+        label = ActivityLabel()
+        label.header = header  # the camera frame's stamp and frame_id, not the time of inference
+        label.label = scene.label
+        label.confidence = scene.confidence
+        label.candidate_labels = list(scene.labels)
+        label.scores = _floats(scene.scores)
+        label.source = scene.source
+        self._pub_activity.publish(label)
+
+        latents = SceneLatents()
+        latents.header = header
+        latents.num_latents, latents.dim = (int(n) for n in scene.latents.shape)
+        latents.data = _floats(scene.latents)
+        latents.pooled = _floats(scene.pooled)
+        latents.modalities = list(scene.modalities)
+        if window is not None:
+            latents.imu_window_start = to_time_msg(window.start)
+            latents.imu_window_end = header.stamp  # exactly the frame's stamp, no float round trip
+        self._pub_latents.publish(latents)
+
+    def _drop(self, reason: str, detail: str = "") -> None:
+        self.counters.add(f"drop:{reason}")
+        if reason != "superseded":  # superseded frames are the design working, not a problem
+            self.get_logger().warning(
+                f"dropped a message ({reason}){': ' + detail if detail else ''}",
+                throttle_duration_sec=LOG_THROTTLE_S,
+            )
+
+    # ----------------------------------------------------------------------------------------------
+    # Diagnostics
+
+    def diagnostics(self) -> tuple[str, str, list[tuple[str, Any]]]:
+        """(level, message, key/values): totals since start plus what happened in the last period."""
+        counts = self.counters.snapshot()
+        imu = self._imu
+        if imu is not None:  # the buffer counts its own drops (out of order, duplicate stamps, ...)
+            for reason, n in dict(imu.drops).items():
+                counts[f"drop:imu:{reason}"] = counts.get(f"drop:imu:{reason}", 0) + n
+        with self._stats_lock:
+            stage_ms, self._stage_ms = self._stage_ms, {}
+            latency, self._latency_ms = self._latency_ms, []
+        new, self._last_counts = delta(counts, self._last_counts), counts
+        received, labelled = new.get("frames_received", 0), new.get("frames_labelled", 0)
+        values: list[tuple[str, Any]] = [
+            ("state", "active" if self._active else "inactive"),
+            ("model_loaded", self.pipeline is not None),
+            ("fusion_mode", self._fusion.mode),
+            ("period_frames_received", received),
+            ("period_frames_labelled", labelled),
+        ]
+        if latency:
+            values += [("period_latency_ms_p50", float(np.percentile(latency, 50))),
+                       ("period_latency_ms_max", float(np.max(latency)))]
+        values += [(f"period_stage_ms_mean:{k}", v / max(labelled, 1)) for k, v in sorted(stage_ms.items())]
+        values += sorted(counts.items())  # totals: frames, drops by reason, sources, fallbacks
+
+        level, message = "ok", "labelling frames" if self._active else "inactive"
+        if self._active and received and not labelled:
+            level, message = "warn", "frames arrive but none was labelled in the last period"
+        fallbacks = {k: v for k, v in new.items() if k.startswith("vision_fallback:")}
+        if fallbacks and level == "ok":
+            level, message = "warn", f"IMU unusable, vision-only fallback: {fallbacks}"
+        drops = {k: v for k, v in new.items() if k.startswith("drop:") and k != "drop:superseded"}
+        if drops:
+            self.get_logger().info(f"drops in the last period: {drops}", throttle_duration_sec=LOG_THROTTLE_S)
+        return level, message, values
+
+    def _publish_diagnostics(self) -> None:
+        level, message, values = self.diagnostics()
+        if self._pub_diagnostics is not None:
+            self._pub_diagnostics.publish(diagnostic_array(
+                self.get_clock().now().to_msg(), f"{self.get_name()}: perception", level, message, values))
+
+
+def _floats(values: np.ndarray) -> array.array:
+    """float32 array -> array('f'): the form rclpy copies into a float32[] field without a Python loop."""
+    out = array.array("f")
+    out.frombytes(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+    return out
+
+
+def main(args: list[str] | None = None) -> int:
+    return spin_lifecycle_main(PerceptionNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+

@@ -1,0 +1,176 @@
+"""Ask the reasoning node a question from another process (what ``fvp query`` calls).
+
+    response = query("What is the person doing?")              # QueryScene.Response
+    result = ask("What is the person doing?", on_partial=print)  # AskScene.Result, answer streamed
+
+Both run in a private rclpy Context, so they work inside programs that use rclpy themselves, and
+raise :class:`QueryError` when the service/action is not there or does not answer in time; a
+question the node refuses comes back as a response with ``success`` false and a ``message``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+DEFAULT_SERVICE = "/reasoning/query"
+DEFAULT_ACTION = "/reasoning/ask"
+NOT_THERE = "is the reasoning node running and active, in the same ROS_DOMAIN_ID?"
+
+
+class QueryError(RuntimeError):
+    """The service or action could not be reached or did not answer within the timeout."""
+
+
+def _time_msg(stamp: Any):
+    from frozen_vlm_perception.conversions import to_time_msg
+
+    return to_time_msg(0 if stamp is None else stamp)
+
+
+class _Session:
+    """rclpy context + node for one call, torn down whatever happens."""
+
+    def __init__(self, ros_args: Sequence[str] = ()):
+        import rclpy
+        from rclpy.context import Context
+
+        self.rclpy = rclpy
+        self.context = Context()
+        rclpy.init(args=["fvp-query", "--ros-args", *ros_args], context=self.context)  # never sys.argv
+        self.node = rclpy.create_node(f"fvp_query_{os.getpid()}", context=self.context)
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+    def spin_until(self, future, deadline: float, what: str) -> Any:
+        from rclpy.executors import SingleThreadedExecutor
+
+        executor = SingleThreadedExecutor(context=self.context)
+        executor.add_node(self.node)
+        try:
+            while not future.done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise QueryError(f"no answer from {what} within the timeout")
+                executor.spin_once(timeout_sec=min(remaining, 0.1))
+        finally:
+            executor.remove_node(self.node)
+            executor.shutdown(timeout_sec=0.1)
+        return future.result()
+
+
+def query(
+    question: str,
+    *,
+    stamp: Any = None,
+    timeout: float = 10.0,
+    max_new_tokens: int = 0,
+    service: str = DEFAULT_SERVICE,
+    ros_args: Sequence[str] = (),
+):
+    """Call QueryScene; returns its response. ``stamp``: None/0 = latest scene, else seconds or a Time."""
+    from frozen_vlm_perception_interfaces.srv import QueryScene
+
+    deadline = time.monotonic() + timeout
+    with _Session(ros_args) as session:
+        client = session.node.create_client(QueryScene, service)
+        if not client.wait_for_service(timeout_sec=max(deadline - time.monotonic(), 0.0)):
+            raise QueryError(f"service {service} is not available ({NOT_THERE})")
+        request = QueryScene.Request(question=question, stamp=_time_msg(stamp), max_new_tokens=max_new_tokens)
+        return session.spin_until(client.call_async(request), deadline, service)
+
+
+def ask(
+    question: str,
+    *,
+    stamp: Any = None,
+    timeout: float = 30.0,
+    max_new_tokens: int = 0,
+    on_partial: Callable[[str], None] | None = None,
+    action: str = DEFAULT_ACTION,
+    ros_args: Sequence[str] = (),
+):
+    """Send an AskScene goal; returns its result (``on_partial`` gets the answer so far as it grows).
+
+    A goal that runs past ``timeout`` is canceled before QueryError is raised.
+    """
+    from rclpy.action import ActionClient
+
+    from frozen_vlm_perception_interfaces.action import AskScene
+
+    deadline = time.monotonic() + timeout
+    with _Session(ros_args) as session:
+        client = ActionClient(session.node, AskScene, action)
+        try:
+            if not client.wait_for_server(timeout_sec=max(deadline - time.monotonic(), 0.0)):
+                raise QueryError(f"action {action} is not available ({NOT_THERE})")
+            goal = AskScene.Goal(question=question, stamp=_time_msg(stamp), max_new_tokens=max_new_tokens)
+            feedback = None if on_partial is None else (lambda msg: on_partial(msg.feedback.partial_answer))
+            sent = client.send_goal_async(goal, feedback_callback=feedback)
+            handle = session.spin_until(sent, deadline, action)
+            if not handle.accepted:
+                raise QueryError(f"{action} rejected the goal")
+            try:
+                return session.spin_until(handle.get_result_async(), deadline, action).result
+            except QueryError:
+                handle.cancel_goal_async()
+                raise
+        finally:
+            client.destroy()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m frozen_vlm_perception.nodes.query_client",
+                                     description="Ask the reasoning node a question about the scene.")
+    parser.add_argument("question")
+    parser.add_argument("--stamp", type=float, default=None, help="camera stamp in seconds (default: latest)")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--max-new-tokens", type=int, default=0)
+    parser.add_argument("--stream", action="store_true",
+                        help="use the action and print the answer as it grows")
+    return main_query(parser.parse_args(argv))
+
+
+def main_query(args: argparse.Namespace) -> int:
+    """``fvp query``: print the answer; exit 0 answered, 1 refused or failed, 2 node not reachable.
+
+    ``args``: question, stamp (seconds or None), timeout, max_new_tokens, and optionally stream.
+    """
+    try:
+        if getattr(args, "stream", False):
+            printed = [0]
+
+            def show(text: str) -> None:
+                print(text[printed[0]:], end="", flush=True)
+                printed[0] = len(text)
+
+            reply = ask(args.question, stamp=args.stamp, timeout=args.timeout,
+                        max_new_tokens=args.max_new_tokens, on_partial=show)
+            print()
+        else:
+            reply = query(args.question, stamp=args.stamp, timeout=args.timeout,
+                          max_new_tokens=args.max_new_tokens)
+            if reply.success:
+                print(reply.answer)
+    except QueryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not reply.success:
+        print(f"error: {reply.message}", file=sys.stderr)
+        return 1
+    print(f"(activity: {reply.activity} {reply.confidence:.2f}, scene stamp "
+          f"{reply.scene_stamp.sec}.{reply.scene_stamp.nanosec:09d}, {reply.latency:.2f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

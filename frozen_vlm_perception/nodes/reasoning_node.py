@@ -1,0 +1,555 @@
+"""Reasoning node: answers questions about perceived scenes with the frozen language model.
+
+Node name ``reasoning``; with the default names its interfaces are::
+
+    subscribes  /perception/latents  SceneLatents   (parameter latents_topic, relative: follows the namespace)
+                /perception/activity ActivityLabel  (parameter activity_topic)
+    serves      /reasoning/query     QueryScene     question -> answer, in one response
+                /reasoning/ask       AskScene       the same as an action, partial answers as feedback,
+                                                    cancelable
+    publishes   /reasoning/answers   std_msgs/String every answer given
+                /diagnostics         diagnostic_msgs/DiagnosticArray
+
+The scene subscription only stores the latents in a bounded history (``history_size``), so a long
+answer never holds it up. Answers are generated one at a time by a worker thread of the node's own;
+questions wait in a bounded queue (``queue_size``) and are refused with "busy" when it is full.
+
+Executor arrangement (measured, see latency_probe and the package notes): with the default
+single-threaded executor the service and action callbacks are coroutines that *await* the worker's
+result, so the executor keeps serving scenes, lifecycle requests and further questions while an
+answer is generated; two questions in flight are two suspended coroutines, not two blocked threads.
+``blocking_waits=True`` is the rejected alternative kept for measuring: plain callbacks that block
+on the result, in their own MutuallyExclusiveCallbackGroups, which needs a MultiThreadedExecutor.
+
+Which scene: a zero stamp asks about the latest scene; otherwise the scene whose camera stamp is
+nearest, refused when none lies within ``stamp_tolerance_s``.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.task import Future
+from std_msgs.msg import String
+
+from frozen_vlm_perception.config import LanguageConfig
+from frozen_vlm_perception.conversions import stamp_to_ns
+from frozen_vlm_perception.nodes.common import (
+    DEFAULT_MODEL_DIR,
+    Counters,
+    ParamSpec,
+    apply_torch_threads,
+    declare_parameters,
+    delta,
+    diagnostic_array,
+    parameter_values,
+    resolve_model_dir,
+    spin_lifecycle_main,
+    torch_threads_spec,
+)
+from frozen_vlm_perception.pipeline import Scene
+from frozen_vlm_perception_interfaces.action import AskScene
+from frozen_vlm_perception_interfaces.msg import ActivityLabel, SceneLatents
+from frozen_vlm_perception_interfaces.srv import QueryScene
+
+NODE_NAME = "reasoning"
+
+PARAMS: list[ParamSpec] = [
+    ParamSpec("autostart", True, "Configure and activate at start (console script and runner)."),
+    ParamSpec("model_dir", DEFAULT_MODEL_DIR,
+              "Model folder (config.json + model.safetensors) naming the language model; relative paths "
+              "are tried in the working directory, then in the package's data folder."),
+    ParamSpec("device", "auto", "Torch device: auto (CUDA when available), cpu, cuda, cuda:1, ..."),
+    torch_threads_spec(),
+    ParamSpec("latents_topic", "perception/latents", "SceneLatents input (relative: inside the namespace)."),
+    ParamSpec("activity_topic", "perception/activity", "ActivityLabel input (to report the scene's label)."),
+    ParamSpec("qos_depth", 10, "Keep-last depth of the two subscriptions.", (1, 1000)),
+    ParamSpec("history_size", 300, "Recent scenes kept for questions about a given stamp (300 = 10 s at "
+              "30 Hz; one SmolLM2-sized scene is about 20 kB).", (1, 100_000)),
+    ParamSpec("stamp_tolerance_s", 0.1, "A question about a stamp uses the nearest scene within this "
+              "many seconds, else it is refused.", (0.0, 3600.0)),
+    ParamSpec("max_new_tokens", LanguageConfig().max_new_tokens,
+              "Tokens generated when a request asks for 0 (its default).", (1, 4096)),
+    ParamSpec("queue_size", 2, "Questions that may wait behind the one being answered; more are refused "
+              "with 'busy'.", (1, 1000)),
+    ParamSpec("answer_timeout_s", 60.0, "A question not answered within this time (waiting included) "
+              "fails with 'timed out'.", (0.1, 3600.0)),
+    ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics.", (0.1, 3600.0)),
+]
+PARAM_NAMES = frozenset(s.name for s in PARAMS)
+
+ANSWERS_HISTORY = 1000  # latencies kept for diagnostics
+
+
+@dataclass
+class SceneRecord:
+    stamp: Time
+    stamp_ns: int
+    scene: Scene
+
+
+@dataclass
+class Outcome:
+    """What the worker made of one question."""
+
+    success: bool
+    message: str = ""
+    answer: str = ""
+    cancelled: bool = False
+
+
+@dataclass
+class Job:
+    question: str
+    record: SceneRecord
+    max_new_tokens: int
+    deadline: float  # time.monotonic()
+    on_text: Callable[[str], None] | None = None
+    cancel_requested: Callable[[], bool] | None = None
+    outcome: Outcome | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    future: Future | None = None  # completed too when set: wakes an awaiting coroutine
+
+    def finish(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.done.set()
+        if self.future is not None:
+            self.future.set_result(outcome)
+
+
+class ReasoningNode(LifecycleNode):
+    def __init__(self, node_name: str = NODE_NAME, *, blocking_waits: bool = False, **kwargs: Any):
+        super().__init__(node_name, **kwargs)
+        declare_parameters(self, PARAMS)
+        self.blocking_waits = blocking_waits
+        self.pipeline = None
+        self.counters = Counters()
+        # Re-read at configure; set now so that a scene arriving before then has somewhere to go.
+        self._values: dict[str, Any] = {s.name: self.get_parameter(s.name).value for s in PARAMS}
+        self._model_path = None
+        self._history: collections.deque[SceneRecord] = collections.deque(maxlen=self._values["history_size"])
+        self._activities: collections.OrderedDict[int, tuple[str, float]] = collections.OrderedDict()
+        self._history_lock = threading.Lock()
+        self._jobs: queue.Queue[Job] = queue.Queue(maxsize=1)
+        self._active = False
+        self._answering = False
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._latencies: collections.deque[float] = collections.deque(maxlen=ANSWERS_HISTORY)
+        self._last_counts: dict[str, int] = {}
+        self._subs: list = []
+        self._pub_answers = self._pub_diagnostics = None
+        self._service = self._action = self._diag_timer = None
+
+    # ----------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._values = values = parameter_values(self, PARAMS)
+            self._model_path = resolve_model_dir(values["model_dir"])
+        except (ValueError, FileNotFoundError) as err:
+            self.get_logger().error(f"configure failed: {err}")
+            return TransitionCallbackReturn.FAILURE
+        apply_torch_threads(self, values["torch_threads"])
+        if not self._load_model():
+            return TransitionCallbackReturn.FAILURE
+        with self._history_lock:
+            self._history = collections.deque(maxlen=values["history_size"])
+            self._activities.clear()
+        self._jobs = queue.Queue(maxsize=values["queue_size"])
+
+        self._pub_answers = self.create_lifecycle_publisher(String, "~/answers", 10)
+        self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._subs = [
+            self.create_subscription(SceneLatents, values["latents_topic"], self._on_latents,
+                                     values["qos_depth"]),
+            self.create_subscription(ActivityLabel, values["activity_topic"], self._on_activity,
+                                     values["qos_depth"]),
+        ]
+        if self.blocking_waits:  # each in its own group: a blocked service must not block the action
+            service_group, action_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        else:  # reentrant: several suspended coroutines may be in flight at once
+            service_group = action_group = ReentrantCallbackGroup()
+        query = self._on_query_blocking if self.blocking_waits else self._on_query
+        execute = self._execute_ask_blocking if self.blocking_waits else self._execute_ask
+        self._service = self.create_service(QueryScene, "~/query", query, callback_group=service_group)
+        self._action = ActionServer(
+            self, AskScene, "~/ask", execute, callback_group=action_group,
+            goal_callback=lambda goal: GoalResponse.ACCEPT,  # refusals come back as a result with a message
+            cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
+        )
+        self._diag_timer = self.create_timer(values["diagnostics_period_s"], self._publish_diagnostics)
+        self.get_logger().info(
+            f"configured: model {self._model_path}, scenes from {self._subs[0].topic_name}, "
+            f"serving {self._service.service_name}"
+        )
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.pipeline is None and not self._load_model():
+            return TransitionCallbackReturn.FAILURE
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run_worker, args=(self._stop,), name="reasoning-worker",
+                                        daemon=True)
+        self._active = True
+        self._worker.start()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        self._destroy_entities()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        self._destroy_entities()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        self._destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release(self) -> None:
+        """Stop the worker, fail the questions still waiting, free the model (safe in any state)."""
+        self._active = False
+        self._stop.set()
+        worker, self._worker = self._worker, None
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=30.0)  # should_stop() ends a generation within one token
+        self._fail_waiting("the node was deactivated")
+        if self.pipeline is not None:
+            self.pipeline = None
+            gc.collect()  # torch modules hold reference cycles: free the weights now, not later
+            if self.context.ok():  # after Ctrl-C the context is gone and so is /rosout
+                self.get_logger().info("language model released")
+
+    def _load_model(self) -> bool:
+        from frozen_vlm_perception.pipeline import PerceptionPipeline
+
+        start = time.perf_counter()
+        try:
+            self.pipeline = PerceptionPipeline.from_model_dir(
+                self._model_path, device=self._values["device"], load_language=True
+            )
+        except Exception as err:  # missing LM files, shape mismatch, bad device: say it, stay unconfigured
+            self.get_logger().error(f"cannot load the model from {self._model_path}: {err}")
+            return False
+        self.get_logger().info(
+            f"language model {self.pipeline.config.language.source} loaded in "
+            f"{time.perf_counter() - start:.1f} s on {self.pipeline.device}"
+        )
+        return True
+
+    def _destroy_entities(self) -> None:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._service is not None:
+            self.destroy_service(self._service)
+        if self._action is not None:
+            self._action.destroy()
+        if self._pub_answers is not None:
+            self.destroy_lifecycle_publisher(self._pub_answers)
+        if self._pub_diagnostics is not None:
+            self.destroy_publisher(self._pub_diagnostics)
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+        self._service = self._action = self._pub_answers = self._pub_diagnostics = self._diag_timer = None
+
+    # ----------------------------------------------------------------------------------------------
+    # Scenes: store and return
+
+    def _on_latents(self, msg: SceneLatents) -> None:
+        self.counters.add("scenes_received")
+        pipeline = self.pipeline
+        num, dim = int(msg.num_latents), int(msg.dim)
+        data = np.frombuffer(msg.data, dtype=np.float32)  # array('f'): no copy
+        if num < 1 or dim < 1 or data.size != num * dim:
+            return self._drop("bad_shape", f"{len(msg.data)} values for {num} x {dim} latents")
+        if pipeline is not None and dim != pipeline.language.hidden_size:
+            return self._drop("wrong_dim", f"latents of width {dim}, the language model expects "
+                                           f"{pipeline.language.hidden_size}")
+        if not np.isfinite(data).all():
+            return self._drop("nonfinite", "latents hold NaN or inf")
+        scene = Scene(
+            latents=data.reshape(num, dim),
+            pooled=np.frombuffer(msg.pooled, dtype=np.float32),
+            scores=np.zeros(0, np.float32),
+            labels=(),
+            modalities=tuple(msg.modalities),
+        )
+        record = SceneRecord(msg.header.stamp, stamp_to_ns(msg.header.stamp), scene)
+        with self._history_lock:
+            self._history.append(record)
+
+    def _on_activity(self, msg: ActivityLabel) -> None:
+        with self._history_lock:
+            self._activities[stamp_to_ns(msg.header.stamp)] = (msg.label, float(msg.confidence))
+            while len(self._activities) > 2 * (self._history.maxlen or 1):
+                self._activities.popitem(last=False)
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.counters.add(f"drop:{reason}")
+        self.get_logger().warning(f"dropped a scene ({reason}): {detail}", throttle_duration_sec=5.0)
+
+    def find_scene(self, stamp) -> tuple[SceneRecord | None, str]:
+        """(record, "") or (None, why not): latest for a zero stamp, else nearest within tolerance."""
+        with self._history_lock:
+            history = list(self._history)
+        if not history:
+            return None, "no scene received yet"
+        wanted = stamp_to_ns(stamp)
+        if wanted == 0:
+            return history[-1], ""
+        nearest = min(history, key=lambda r: abs(r.stamp_ns - wanted))
+        off = abs(nearest.stamp_ns - wanted) * 1e-9
+        if off > self._values["stamp_tolerance_s"]:
+            return None, (f"no scene within {self._values['stamp_tolerance_s']} s of the requested stamp "
+                          f"(nearest is {off:.3f} s away; {len(history)} scenes kept)")
+        return nearest, ""
+
+    def activity_of(self, record: SceneRecord) -> tuple[str, float]:
+        with self._history_lock:
+            return self._activities.get(record.stamp_ns, ("", 0.0))
+
+    # ----------------------------------------------------------------------------------------------
+    # Questions
+
+    def _prepare(self, question: str, stamp, max_new_tokens: int) -> Job | str:
+        """A Job ready to submit, or why the question is refused (nothing is generated then)."""
+        if not self._active or self.pipeline is None:
+            return "the reasoning node is not active"
+        question = (question or "").strip()
+        limit = self.pipeline.config.language.max_question_chars
+        if not question:
+            return "the question is empty"
+        if len(question) > limit:
+            return f"the question has {len(question)} characters, the limit is {limit}"
+        record, why = self.find_scene(stamp)
+        if record is None:
+            return why
+        tokens = int(max_new_tokens) or self._values["max_new_tokens"]
+        if tokens > 4096:
+            return f"max_new_tokens {tokens} is more than 4096"
+        return Job(question, record, tokens, time.monotonic() + self._values["answer_timeout_s"])
+
+    def _submit(self, job: Job) -> str:
+        """Queue ``job`` for the worker; "" or why not ("busy")."""
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            return f"busy: {self._jobs.maxsize} questions are waiting already; try again later"
+        if not self._active:  # release() ran meanwhile: nobody would ever take the job
+            self._fail_waiting("the node was deactivated")
+        return ""
+
+    def _fill(self, response, job: Job | None, outcome: Outcome, start: float):
+        response.success = outcome.success
+        response.message = outcome.message
+        response.answer = outcome.answer if outcome.success else ""
+        if job is not None:
+            response.activity, response.confidence = self.activity_of(job.record)
+            response.scene_stamp = job.record.stamp
+        response.latency = time.perf_counter() - start
+        self.counters.add("answered" if outcome.success else "refused" if job is None else "failed")
+        if outcome.success:
+            self._latencies.append(response.latency)
+        else:
+            self.get_logger().info(f"question not answered: {outcome.message}", throttle_duration_sec=2.0)
+        return response
+
+    def _new_future(self) -> Future:
+        future = Future(executor=self.executor)
+        # A done callback makes set_result (on the worker thread) schedule a task on the executor,
+        # which wakes its wait set, so the awaiting coroutine resumes at once instead of at the next
+        # unrelated event.
+        future.add_done_callback(lambda _: None)
+        return future
+
+    async def _on_query(self, request: QueryScene.Request, response: QueryScene.Response):
+        start = time.perf_counter()
+        job = self._prepare(request.question, request.stamp, request.max_new_tokens)
+        if isinstance(job, str):
+            return self._fill(response, None, Outcome(False, job), start)
+        job.future = self._new_future()
+        refused = self._submit(job)
+        if refused:
+            return self._fill(response, None, Outcome(False, refused), start)
+        outcome = await job.future
+        return self._fill(response, job, outcome, start)
+
+    def _on_query_blocking(self, request: QueryScene.Request, response: QueryScene.Response):
+        start = time.perf_counter()
+        job = self._prepare(request.question, request.stamp, request.max_new_tokens)
+        if isinstance(job, str):
+            return self._fill(response, None, Outcome(False, job), start)
+        refused = self._submit(job)
+        if refused:
+            return self._fill(response, None, Outcome(False, refused), start)
+        return self._fill(response, job, self._wait(job), start)
+
+    def _wait(self, job: Job) -> Outcome:
+        # The worker finishes every job by its deadline (plus one token); the margin is a safety net.
+        if job.done.wait(self._values["answer_timeout_s"] + 10.0):
+            return job.outcome
+        return Outcome(False, "timed out waiting for the worker")
+
+    def _ask_job(self, goal_handle) -> Job | str:
+        goal = goal_handle.request
+        job = self._prepare(goal.question, goal.stamp, goal.max_new_tokens)
+        if isinstance(job, str):
+            return job
+        tokens = [0]
+
+        def on_text(text: str) -> None:
+            tokens[0] += 1
+            goal_handle.publish_feedback(AskScene.Feedback(partial_answer=text, tokens_generated=tokens[0]))
+
+        job.on_text = on_text
+        job.cancel_requested = lambda: goal_handle.is_cancel_requested
+        return job
+
+    def _ask_result(self, goal_handle, job: Job | None, outcome: Outcome, start: float) -> AskScene.Result:
+        result = self._fill(AskScene.Result(), job, outcome, start)
+        if outcome.cancelled and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif outcome.success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return result
+
+    async def _execute_ask(self, goal_handle) -> AskScene.Result:
+        start = time.perf_counter()
+        job = self._ask_job(goal_handle)
+        if isinstance(job, str):
+            return self._ask_result(goal_handle, None, Outcome(False, job), start)
+        job.future = self._new_future()
+        refused = self._submit(job)
+        if refused:
+            return self._ask_result(goal_handle, None, Outcome(False, refused), start)
+        outcome = await job.future
+        return self._ask_result(goal_handle, job, outcome, start)
+
+    def _execute_ask_blocking(self, goal_handle) -> AskScene.Result:
+        start = time.perf_counter()
+        job = self._ask_job(goal_handle)
+        if isinstance(job, str):
+            return self._ask_result(goal_handle, None, Outcome(False, job), start)
+        refused = self._submit(job)
+        if refused:
+            return self._ask_result(goal_handle, None, Outcome(False, refused), start)
+        return self._ask_result(goal_handle, job, self._wait(job), start)
+
+    # ----------------------------------------------------------------------------------------------
+    # Worker: one generation at a time
+
+    def _run_worker(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                job = self._jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._answering = True
+            try:
+                job.finish(self._answer(job, stop))
+            except Exception as err:  # never leave a caller waiting
+                job.finish(Outcome(False, f"failed: {type(err).__name__}: {err}"))
+            finally:
+                self._answering = False
+
+    def _answer(self, job: Job, stop: threading.Event) -> Outcome:
+        pipeline = self.pipeline
+        if stop.is_set() or pipeline is None:
+            return Outcome(False, "the node was deactivated")
+        if time.monotonic() > job.deadline:
+            return Outcome(False, f"timed out after {self._values['answer_timeout_s']} s waiting for the "
+                                  "language model")
+        if job.cancel_requested is not None and job.cancel_requested():
+            return Outcome(False, "canceled", cancelled=True)
+
+        def should_stop() -> bool:
+            return (stop.is_set() or time.monotonic() > job.deadline
+                    or (job.cancel_requested is not None and job.cancel_requested()))
+
+        try:
+            generation = pipeline.answer(job.record.scene, job.question, max_new_tokens=job.max_new_tokens,
+                                         on_text=job.on_text, should_stop=should_stop)
+        except ValueError as err:  # the LM's own question/scene checks
+            return Outcome(False, str(err))
+        if generation.stopped_early:
+            if job.cancel_requested is not None and job.cancel_requested():
+                return Outcome(False, "canceled", answer=generation.text, cancelled=True)
+            if stop.is_set():
+                return Outcome(False, "the node was deactivated")
+            return Outcome(False, f"timed out after {self._values['answer_timeout_s']} s")
+        if self._pub_answers is not None and self._active:
+            self._pub_answers.publish(String(data=generation.text))
+        return Outcome(True, answer=generation.text)
+
+    def _fail_waiting(self, message: str) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            job.finish(Outcome(False, message))
+
+    # ----------------------------------------------------------------------------------------------
+    # Diagnostics
+
+    def diagnostics(self) -> tuple[str, str, list[tuple[str, Any]]]:
+        counts = self.counters.snapshot()
+        new, self._last_counts = delta(counts, self._last_counts), counts
+        with self._history_lock:
+            kept = len(self._history)
+        latencies = list(self._latencies)
+        values: list[tuple[str, Any]] = [
+            ("state", "active" if self._active else "inactive"),
+            ("model_loaded", self.pipeline is not None),
+            ("scenes_kept", kept),
+            ("questions_waiting", self._jobs.qsize()),
+            ("answering", self._answering),
+            ("period_scenes_received", new.get("scenes_received", 0)),
+        ]
+        if latencies:
+            values += [("answer_latency_s_p50", float(np.percentile(latencies, 50))),
+                       ("answer_latency_s_max", float(np.max(latencies)))]
+        values += sorted(counts.items())
+        level, message = "ok", "ready" if self._active else "inactive"
+        if self._active and not kept:
+            level, message = "warn", "no scene received yet"
+        return level, message, values
+
+    def _publish_diagnostics(self) -> None:
+        level, message, values = self.diagnostics()
+        if self._pub_diagnostics is not None:
+            self._pub_diagnostics.publish(diagnostic_array(
+                self.get_clock().now().to_msg(), f"{self.get_name()}: reasoning", level, message, values))
+
+
+def main(args: list[str] | None = None) -> int:
+    return spin_lifecycle_main(ReasoningNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

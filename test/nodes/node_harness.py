@@ -1,0 +1,156 @@
+"""Helpers for the node tests: child processes, an rclpy client in the test process, bounded waits.
+
+Every wait is bounded; ChildProcess.stop() always ends the child (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from frozen_vlm_perception.nodes.runner import READY_LINE
+
+READY_TIMEOUT_S = 180.0
+
+
+class ChildProcess:
+    """A child Python process whose output is collected line by line (for READY and for failures)."""
+
+    def __init__(self, args: list[str]):
+        self.proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, prefix: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(line.startswith(prefix) for line in self.lines):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"child exited with {self.proc.returncode}:\n{self.output[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {prefix!r} within {timeout} s:\n{self.output[-4000:]}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
+
+def start_runner(tmp_path, params: dict[str, Any], *extra: str) -> ChildProcess:
+    """``python -m frozen_vlm_perception.nodes.runner`` with ``params`` (short layout), ready."""
+    from frozen_vlm_perception.nodes.runner import params_file_from
+
+    params_file = params_file_from(params, str(tmp_path))
+    child = ChildProcess(["-m", "frozen_vlm_perception.nodes.runner", "--params-file", params_file, *extra])
+    try:
+        child.wait_for_line(READY_LINE, READY_TIMEOUT_S)
+    except BaseException:
+        child.stop()
+        raise
+    return child
+
+
+class RosClient:
+    """rclpy in the test process: its own context, one node, a single-threaded executor in a thread."""
+
+    def __init__(self, name: str = "test_client"):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(f"{name}_{os.getpid()}", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def collect(self, msg_type, topic: str, depth: int = 100) -> Collector:
+        collector = Collector()
+        self.node.create_subscription(msg_type, topic, collector.add, depth)
+        return collector
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=5)
+
+
+class Collector:
+    """Messages of one subscription, with a bounded wait for a condition over them."""
+
+    def __init__(self):
+        self.items: list[tuple[float, Any]] = []  # (receive time, msg)
+        self._cond = threading.Condition()
+
+    def add(self, msg) -> None:
+        with self._cond:
+            self.items.append((time.time(), msg))
+            self._cond.notify_all()
+
+    def messages(self, since: float = 0.0) -> list:
+        with self._cond:
+            return [m for t, m in self.items if t >= since]
+
+    def wait_for(self, predicate: Callable[[list], bool], timeout: float, since: float = 0.0) -> list:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                msgs = [m for t, m in self.items if t >= since]
+                if predicate(msgs):
+                    return msgs
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"condition not met within {timeout} s ({len(msgs)} messages)")
+                self._cond.wait(remaining)
+
+
+def call(client, request, timeout: float):
+    """A service call from the test thread while the executor spins elsewhere; the response."""
+    done = threading.Event()
+    future = client.call_async(request)
+    future.add_done_callback(lambda _: done.set())
+    if not done.wait(timeout):
+        future.cancel()
+        raise AssertionError(f"no response from {client.srv_name} within {timeout} s")
+    return future.result()
+
+
+def wait_future(future, timeout: float):
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    if not done.wait(timeout):
+        raise AssertionError(f"future not done within {timeout} s")
+    return future.result()
+
+
+def stamp_ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec

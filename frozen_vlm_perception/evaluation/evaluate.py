@@ -1,0 +1,278 @@
+"""`fvp eval`: how well and how fast a model works on a recording, before it drives a robot.
+
+Reads the bag's paired samples once (frozen-vision embeddings come from the same on-disk cache
+training uses), then scores the trainable part in every mode from those embeddings:
+
+- activity accuracy and macro-F1 for vision-only, IMU-only and fused, and fused over a sweep of
+  the fusion weight alpha; a confusion matrix (PNG);
+- IMU -> image retrieval R@1 / R@5 (alignment quality) and a t-SNE of both embeddings (PNG);
+- question answering through the frozen LM on evenly spaced scenes: the share of answers to
+  "What is the person doing?" that name the right activity, and, where the bag has places, the
+  share of answers to the place question that name both the activity and the place;
+- per-stage latency of the whole pipeline on real frames of the bag.
+
+Writes DIR/report.md, DIR/report.json and the PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from frozen_vlm_perception.config import SyncConfig
+from frozen_vlm_perception.data.bags import read_paired_samples
+from frozen_vlm_perception.evaluation.metrics import (
+    accuracy,
+    answer_names_label,
+    confusion_matrix,
+    macro_f1,
+    retrieval_recall,
+)
+from frozen_vlm_perception.evaluation.report import write_report
+from frozen_vlm_perception.pipeline import PerceptionPipeline
+from frozen_vlm_perception.training.cli_args import add_bag_arguments, data_config_from_args
+from frozen_vlm_perception.training.config import DataConfig
+from frozen_vlm_perception.training.dataset import EmbeddingSet, load_embeddings
+from frozen_vlm_perception.training.templates import (
+    ACTIVITY_QUESTIONS,
+    PLACE_QUESTIONS,
+    place_phrase,
+)
+
+MODES = ("vision", "imu", "fused")
+ALPHA_SWEEP = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    add_bag_arguments(parser, with_val=False)
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped models/demo)")
+    parser.add_argument("--out", required=True, help="report folder to write")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--qa-samples", type=int, default=24, help="scenes to ask the LM about (0: skip QA)")
+    parser.add_argument(
+        "--latency-frames", type=int, default=20, help="real frames timed through the pipeline"
+    )
+    parser.add_argument("--tsne-samples", type=int, default=400, help="samples in the t-SNE plot (0: skip)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main_eval(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.paths import default_model_dir
+
+    model = args.model or default_model_dir()
+    if model is None:
+        raise SystemExit("no --model given and no shipped models/demo found")
+    report = evaluate(
+        data=data_config_from_args(args),
+        model_dir=model,
+        out_dir=Path(args.out),
+        device=args.device,
+        qa_samples=args.qa_samples,
+        latency_frames=args.latency_frames,
+        tsne_samples=args.tsne_samples,
+        progress=not args.no_progress,
+    )
+    acc = report["accuracy"]
+    print(
+        f"{report['n_samples']} samples: accuracy vision {acc['vision']:.3f}, imu {acc['imu']:.3f}, "
+        f"fused {acc['fused']:.3f}; IMU->image R@1 {report['retrieval']['imu_to_image_r1']:.3f}; "
+        f"QA {report['qa'].get('accuracy', float('nan')):.3f}"
+    )
+    print(f"wrote {args.out}/report.md")
+    return 0
+
+
+def evaluate(
+    *,
+    data: DataConfig,
+    model_dir: str | Path,
+    out_dir: Path,
+    device: str = "auto",
+    qa_samples: int = 24,
+    latency_frames: int = 20,
+    tsne_samples: int = 400,
+    progress: bool = True,
+) -> dict[str, Any]:
+    pipeline = PerceptionPipeline.from_model_dir(model_dir, device=device, load_language=qa_samples > 0)
+    config = pipeline.config
+    embeddings = load_embeddings(
+        data.bag,
+        data=data,
+        vision=config.vision,
+        imu=config.imu,
+        sync=SyncConfig(),
+        device=pipeline.device,
+        progress=progress,
+    )
+    labels = embeddings.labels_for(config.labels)
+    # Every mode is scored on the same samples: labelled ones with an IMU window.
+    keep = torch.nonzero((labels >= 0) & embeddings.has_imu).flatten()
+    if len(keep) == 0:
+        raise ValueError(
+            f"{data.bag}: no labelled sample with an IMU window (labels: {embeddings.label_names})"
+        )
+    samples = embeddings.subset(keep)
+    target = labels[keep].numpy()
+
+    outputs = {mode: run_scene_model(pipeline, samples, mode) for mode in MODES}
+    predictions = {mode: out["logits"].argmax(1).numpy() for mode, out in outputs.items()}
+    num_labels = len(config.labels)
+    report: dict[str, Any] = {
+        "model": str(model_dir),
+        "bag": str(data.bag),
+        "n_samples": int(len(samples)),
+        "labels": list(config.labels),
+        "chance_accuracy": float(np.bincount(target, minlength=num_labels).max() / len(target)),
+        "accuracy": {mode: accuracy(target, predictions[mode]) for mode in MODES},
+        "macro_f1": {mode: macro_f1(target, predictions[mode], num_labels) for mode in MODES},
+        "alpha_sweep": [],
+        "drops": dict(embeddings.info.get("drops", {})),
+    }
+    for alpha in ALPHA_SWEEP:
+        pred = run_scene_model(pipeline, samples, "fused", alpha=alpha)["logits"].argmax(1).numpy()
+        report["alpha_sweep"].append(
+            {
+                "alpha": alpha,
+                "accuracy": accuracy(target, pred),
+                "macro_f1": macro_f1(target, pred, num_labels),
+            }
+        )
+
+    imu_pooled = outputs["imu"]["pooled"].numpy()
+    image_pooled = samples.vision_pooled.numpy()
+    recall = retrieval_recall(imu_pooled, image_pooled, ks=(1, 5))
+    report["retrieval"] = {
+        "imu_to_image_r1": recall[1],
+        "imu_to_image_r5": recall[5],
+        "chance_r1": 1.0 / len(samples),
+        "chance_r5": min(1.0, 5.0 / len(samples)),
+    }
+    report["confusion_fused"] = confusion_matrix(target, predictions["fused"], num_labels).tolist()
+    report["qa"] = answer_questions(pipeline, samples, target, qa_samples) if qa_samples > 0 else {}
+    report["latency_ms"] = measure_latency(pipeline, data, latency_frames)
+    tsne = tsne_points(image_pooled, imu_pooled, target, tsne_samples) if tsne_samples > 0 else None
+    write_report(out_dir, report, tsne=tsne)
+    return report
+
+
+@torch.inference_mode()
+def run_scene_model(
+    pipeline: PerceptionPipeline,
+    samples: EmbeddingSet,
+    mode: str,
+    *,
+    alpha: float | None = None,
+    batch_size: int = 128,
+) -> dict[str, torch.Tensor]:
+    """Logits (M, C), latents (M, L, H) and pooled (M, D) of the trainable part in one mode."""
+    model, device = pipeline.scene_model, pipeline.device
+    logits, pooled, latents = [], [], []
+    for start in range(0, len(samples), batch_size):
+        chunk = slice(start, start + batch_size)
+        n = len(samples.vision_pooled[chunk])
+        use_vision = torch.full((n,), mode != "imu", device=device)
+        use_imu = torch.full((n,), mode != "vision", device=device)
+        out = model(
+            vision_tokens=samples.vision_tokens[chunk].to(device, torch.float32),
+            vision_pooled=samples.vision_pooled[chunk].to(device),
+            imu_windows=samples.imu[chunk].to(device),
+            has_vision=use_vision,
+            has_imu=use_imu,
+            alpha=alpha,
+        )
+        logits.append(out.logits.float().cpu())
+        pooled.append(out.pooled.float().cpu())
+        latents.append(out.latents.float().cpu())
+    return {"logits": torch.cat(logits), "pooled": torch.cat(pooled), "latents": torch.cat(latents)}
+
+
+def answer_questions(
+    pipeline: PerceptionPipeline, samples: EmbeddingSet, target: np.ndarray, count: int
+) -> dict[str, Any]:
+    """Ask the frozen LM about ``count`` evenly spaced fused scenes; score the answers by their words."""
+    labels = list(pipeline.config.labels)
+    picks = np.unique(np.linspace(0, len(samples) - 1, num=min(count, len(samples))).round().astype(int))
+    subset = samples.subset(picks)
+    latents = run_scene_model(pipeline, subset, "fused")["latents"]
+    activity_hits, both_hits, place_asked, examples = 0, 0, 0, []
+    for row, index in enumerate(picks):
+        label = labels[int(target[index])]
+        place = samples.place_of(int(index))
+        answer = pipeline.language.generate(latents[row].to(pipeline.device), ACTIVITY_QUESTIONS[0]).text
+        hit = answer_names_label(answer, label, labels)
+        activity_hits += hit
+        record = {
+            "stamp": float(samples.stamps[index]),
+            "label": label,
+            "place": place,
+            "question": ACTIVITY_QUESTIONS[0],
+            "answer": answer,
+            "correct": bool(hit),
+        }
+        if place is not None:
+            place_asked += 1
+            place_text = pipeline.language.generate(latents[row].to(pipeline.device), PLACE_QUESTIONS[0]).text
+            both = (
+                answer_names_label(place_text, label, labels)
+                and place_phrase(place).lower() in place_text.lower()
+            )
+            both_hits += both
+            record.update(
+                place_question=PLACE_QUESTIONS[0], place_answer=place_text, place_correct=bool(both)
+            )
+        examples.append(record)
+    result: dict[str, Any] = {
+        "n_questions": len(picks),
+        "accuracy": activity_hits / len(picks),
+        "examples": examples,
+    }
+    if place_asked:
+        result["activity_and_place_accuracy"] = both_hits / place_asked
+    return result
+
+
+def measure_latency(pipeline: PerceptionPipeline, data: DataConfig, frames: int) -> dict[str, float]:
+    """Median per-stage ms of ``pipeline.encode_one`` on the first real frames (and windows) of the bag."""
+    if frames <= 0:
+        return {}
+    paired = read_paired_samples(
+        data.bag,
+        camera_topic=data.camera_topic,
+        imu_topic=data.imu_topic,
+        label_topic=None,
+        imu_config=pipeline.config.imu,
+        sync_config=SyncConfig(),
+        limit=frames + 2,
+    )
+    timings: dict[str, list[float]] = {}
+    for i, sample in enumerate(paired):
+        window = sample.imu_window.data if sample.imu_window is not None else None
+        scene = pipeline.encode_one(sample.frame, window)
+        if i < 2:
+            continue  # warm-up
+        for stage, ms in scene.timings_ms.items():
+            timings.setdefault(stage, []).append(ms)
+    medians = {stage: statistics.median(values) for stage, values in timings.items()}
+    if medians:
+        medians["total"] = sum(medians.values())
+    return medians
+
+
+def tsne_points(
+    image: np.ndarray, imu: np.ndarray, target: np.ndarray, count: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """2-D t-SNE of L2-normalised image and IMU embeddings of ``count`` samples (both modalities)."""
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(image), size=min(count, len(image)), replace=False)
+    both = np.concatenate([image[picks], imu[picks]])
+    both = both / np.linalg.norm(both, axis=1, keepdims=True).clip(1e-12)
+    perplexity = float(min(30, max(5, len(both) // 10)))
+    points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(both)
+    return {"image": points[: len(picks)], "imu": points[len(picks) :], "labels": target[picks]}

@@ -1,0 +1,566 @@
+"""Stage 2 (``fvp train adapter``): train fusion + adapter + activity head through the frozen LM.
+
+Starting from the stage-1 model folder, the frozen vision encoder (its cached outputs), the IMU
+encoder (frozen now, so the alignment of stage 1 is kept) and the LM are fixed. What learns:
+
+- the fusion's modality embeddings, the adapter (Perceiver Resampler or the linear layer) and the
+  activity head;
+- from the frozen LM's next-token loss on template answers built from the labels
+  ("What is the person doing?" -> "The person is walking upstairs.", and with a place, "Where is the
+  person and what are they doing?" -> "The person is walking upstairs at a table with a cup of
+  coffee."; see templates.py), the gradient reaching the scene's pseudo-tokens through the LM;
+- plus the activity head's cross-entropy on the latents.
+
+Modality dropout: each sample is randomly fused, vision-only or IMU-only, so all three inference
+modes are trained (a robot whose IMU drops out must still get answers). The place question is only
+asked when the frame is used: an IMU window cannot know the place. The fusion weight alpha is
+jittered per batch around the configured value, because it is a user-facing knob at inference.
+
+The LM forward+backward is the expensive part (SmolLM2-135M on a CPU: seconds per step), so only
+``lm_batch_size`` samples of a batch go through it, every ``lm_loss_every``-th step, and training
+stops after ``max_steps``.
+
+    fvp train adapter --bag train_bag --val-bag val_bag --model models/x
+    python -m torch.distributed.run --nproc_per_node 2 -m frozen_vlm_perception.training.adapter ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from frozen_vlm_perception.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    load_state_into,
+    read_checkpoint_config,
+    save_checkpoint,
+)
+from frozen_vlm_perception.config import ModelConfig, SyncConfig
+from frozen_vlm_perception.nn.model import SceneModel
+from frozen_vlm_perception.training import distributed
+from frozen_vlm_perception.training.align import _data_record, _progress, _say
+from frozen_vlm_perception.training.common import (
+    EarlyStopping,
+    History,
+    adamw,
+    lr_at,
+    plot_history,
+    run_record,
+    set_lr,
+    set_seed,
+    update_report,
+)
+from frozen_vlm_perception.training.config import ADAPTER_MONITORS, AdapterTrainConfig, DataConfig
+from frozen_vlm_perception.training.dataset import (
+    EmbeddingDataset,
+    EmbeddingSet,
+    EncoderFactory,
+    load_train_val,
+)
+from frozen_vlm_perception.training.losses import supervised_ce
+from frozen_vlm_perception.training.templates import make_qa
+
+log = logging.getLogger(__name__)
+
+STAGE = "adapter"
+PLOT_FILE = "train_adapter.png"
+MODES = ("fused", "vision", "imu")
+
+
+@dataclass
+class AdapterResult:
+    model_dir: Path
+    best: dict[str, float]
+    history: History
+    report: dict[str, Any]
+
+
+def train_adapter(
+    *,
+    data: DataConfig,
+    model_dir: str | Path,
+    train: AdapterTrainConfig,
+    out_dir: str | Path | None = None,
+    sync: SyncConfig | None = None,
+    encoder_factory: EncoderFactory | None = None,
+    language: Any | None = None,
+    args: Any | None = None,
+    ctx: distributed.DistContext | None = None,
+) -> AdapterResult:
+    """Train stage 2 on top of the stage-1 folder ``model_dir``; write the finished folder to
+    ``out_dir`` (default: ``model_dir`` itself). ``language``: an already loaded FrozenLanguageModel
+    (default: the one the model's config names)."""
+    train.validate()
+    ctx = ctx or distributed.setup(train.device)
+    set_seed(train.seed)
+    model_dir = Path(model_dir)
+    out_dir = Path(out_dir) if out_dir else model_dir
+    show = train.progress and ctx.is_main
+    config, dims, metadata = read_checkpoint_config(model_dir)
+
+    with ctx.main_first():
+        train_set, val_set = load_train_val(
+            data,
+            vision=config.vision,
+            imu=config.imu,
+            sync=sync,
+            encoder_factory=encoder_factory,
+            device=ctx.device,
+            with_tokens=True,
+            progress=show,
+        )
+    expected = {"vision_dim": train_set.vision_dim, "vision_tokens": train_set.num_tokens}
+    check_compatible(where=model_dir, stored=config, stored_dims=dims, expected_dims=expected)
+    _check_labels(train_set, config.labels)
+
+    scene_model = SceneModel(
+        config=config,
+        vision_dim=dims["vision_dim"],
+        vision_tokens=dims["vision_tokens"],
+        lm_dim=dims["lm_dim"],
+    )
+    load_state_into(model_dir, scene_model)
+    scene_model.to(ctx.device)
+    language = language if language is not None else _load_language(config, ctx.device)
+    if language.hidden_size != dims["lm_dim"]:
+        raise CheckpointError(
+            f"{model_dir}: lm_dim {dims['lm_dim']}, the language model's width is {language.hidden_size}"
+        )
+    frozen_imu = freeze_for_stage2(scene_model)
+    model = ctx.wrap(scene_model)
+    optimizer = adamw(scene_model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+
+    dataset = EmbeddingDataset(train_set, config.labels, with_tokens=True)
+    loader = _loader(dataset, train.batch_size, train.seed, ctx)
+    total_steps = min(train.max_steps, train.epochs * len(loader))
+    val_every = train.val_every or len(loader)
+    rng = random.Random(train.seed * 1000 + ctx.rank)  # modality dropout, alpha jitter, question choice
+    history = History()
+    stopper = EarlyStopping(train.patience, higher_is_better=ADAPTER_MONITORS[train.monitor])
+    best: dict[str, Any] = {}
+    _say(
+        ctx,
+        f"stage 2 (adapter, {config.adapter.kind}): {len(train_set)} training / {len(val_set)} validation "
+        f"samples, batch {loader.batch_size} x {ctx.world_size}, up to {total_steps} steps, on {ctx.device}",
+    )
+
+    def validate(record: dict[str, float]) -> bool:
+        """Validate, log, keep the best trainable state; True when early stopping says stop."""
+        started = time.perf_counter()
+        record.update(evaluate_adapter(scene_model, language, val_set, config, train, ctx))
+        record["val_seconds"] = time.perf_counter() - started
+        history.evals.append(record)
+        improved = stopper.step(record[train.monitor])
+        _say(ctx, _eval_line(record, improved, train.monitor))
+        if improved:
+            best.update(state=copy.deepcopy(_trainable_state(scene_model)), metrics=dict(record))
+        return ctx.broadcast_bool(stopper.should_stop)
+
+    # Step 0: the untrained adapter through the frozen LM, the baseline for everything after.
+    stop = validate({"step": 0, "epoch": 0, "lr": 0.0})
+    step = 0
+    bar = _progress(range(total_steps), show, "adapter")
+    for epoch in range(train.epochs):
+        if stop or step >= total_steps:
+            break
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            set_train_mode(scene_model)
+            lr = lr_at(step, base_lr=train.lr, warmup_steps=train.warmup_steps, total_steps=total_steps)
+            set_lr(optimizer, lr)
+            with_lm = step % train.lm_loss_every == 0
+            losses = _train_step(
+                model,
+                optimizer,
+                language,
+                batch,
+                train,
+                config,
+                train_set.place_names,
+                rng,
+                with_lm,
+                ctx.device,
+            )
+            step += 1
+            history.steps.append({"step": step, "epoch": epoch + 1, "lr": lr, **losses})
+            bar.update(1)
+            if show:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("loss", "lm_loss")})
+            if step % val_every == 0 or step == total_steps:
+                stop = validate({"step": step, "epoch": epoch + 1, "lr": lr, **_recent(history, val_every)})
+                if stop:
+                    _say(
+                        ctx, f"early stop: {train.monitor} has not improved for {train.patience} validations"
+                    )
+            if stop or step >= total_steps:
+                break
+    bar.close()
+
+    scene_model.load_state_dict(best["state"], strict=False)
+    frozen_ok = _same_state(frozen_imu, scene_model.imu_encoder.state_dict())
+    if not frozen_ok:  # cannot happen unless someone unfreezes it; never ship a silently changed encoder
+        raise RuntimeError("the IMU encoder changed during stage 2 although it is frozen")
+    report = _report(train, data, train_set, val_set, history, best["metrics"], ctx, args, model_dir)
+    if ctx.is_main:
+        _write_folder(out_dir, scene_model, config, metadata, report, history)
+    ctx.barrier()
+    return AdapterResult(model_dir=out_dir, best=best["metrics"], history=history, report=report)
+
+
+def freeze_for_stage2(scene_model: SceneModel) -> dict[str, Tensor]:
+    """Freeze the IMU encoder (and the fusion's embeddings where the linear adapter never reads
+    them); returns a copy of the encoder's state to check it is untouched at the end."""
+    scene_model.imu_encoder.requires_grad_(False)
+    if scene_model.config.adapter.kind == "linear":
+        scene_model.fusion.modality_embed.requires_grad_(False)  # the linear adapter reads pooled only
+    return {k: v.detach().clone() for k, v in scene_model.imu_encoder.state_dict().items()}
+
+
+def set_train_mode(scene_model: SceneModel) -> None:
+    """Train mode for the trainable parts; the frozen IMU encoder stays in eval (no dropout)."""
+    scene_model.train()
+    scene_model.imu_encoder.eval()
+
+
+def _train_step(
+    model,
+    optimizer,
+    language,
+    batch,
+    train: AdapterTrainConfig,
+    config: ModelConfig,
+    place_names: list[str],
+    rng: random.Random,
+    with_lm: bool,
+    device,
+) -> dict[str, float]:
+    """One optimizer step: modality dropout, jittered alpha, head CE (+ the LM loss when with_lm)."""
+    has_vision, has_imu = sample_modalities(batch["has_imu"], train, rng)
+    alpha = jittered_alpha(config.fusion.alpha, train.alpha_jitter, rng)
+    out = model(
+        vision_tokens=batch["vision_tokens"].to(device).float(),
+        vision_pooled=batch["vision_pooled"].to(device),
+        imu_windows=batch["imu"].to(device),
+        has_vision=has_vision.to(device),
+        has_imu=has_imu.to(device),
+        alpha=alpha,
+    )
+    labels = batch["label"].to(device)
+    ce = supervised_ce(out.logits, labels)
+    loss = train.ce_weight * ce
+    losses = {"ce": ce.detach().item()}
+    if with_lm:
+        lm = lm_loss(
+            language, out.latents, batch, has_vision, place_names, config.labels, train.lm_batch_size, rng
+        )
+        if lm is not None:
+            loss = loss + train.lm_weight * lm
+            losses["lm_loss"] = lm.detach().item()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], train.grad_clip)
+    optimizer.step()
+    losses["loss"] = loss.detach().item()
+    return losses
+
+
+def lm_loss(
+    language,
+    latents: Tensor,
+    batch: dict[str, Tensor],
+    has_vision: Tensor,
+    place_names: list[str],
+    model_labels: list[str],
+    limit: int,
+    rng: random.Random | None,
+) -> Tensor | None:
+    """The frozen LM's answer loss for up to ``limit`` labelled samples of the batch (None if none).
+
+    latents (B, L, H); batch["label"] indexes ``model_labels``, batch["place_id"] ``place_names``.
+    Returns a scalar; rng None picks the deterministic question of each sample."""
+    labels = batch["label"].tolist()
+    chosen = [i for i, lab in enumerate(labels) if lab >= 0][:limit]
+    if not chosen:
+        return None
+    questions, answers = [], []
+    for i in chosen:
+        place_id = int(batch["place_id"][i])
+        place = place_names[place_id] if place_id >= 0 else None
+        qa = make_qa(model_labels[labels[i]], place, has_vision=bool(has_vision[i]), rng=rng)
+        questions.append(qa.question)
+        answers.append(qa.answer)
+    return language.answer_loss(latents[chosen], questions, answers)
+
+
+def sample_modalities(
+    has_imu: Tensor, train: AdapterTrainConfig, rng: random.Random
+) -> tuple[Tensor, Tensor]:
+    """Modality dropout: (B,) has_vision, has_imu masks. Samples without an IMU window are vision-only."""
+    weights = [train.p_fused, train.p_vision, train.p_imu]
+    vision, imu = [], []
+    for available in has_imu.tolist():
+        mode = rng.choices(MODES, weights=weights)[0] if available else "vision"
+        vision.append(mode != "imu")
+        imu.append(mode != "vision")
+    return torch.tensor(vision), torch.tensor(imu)
+
+
+def jittered_alpha(alpha: float, jitter: float, rng: random.Random) -> float:
+    if jitter <= 0:
+        return alpha
+    return min(0.95, max(0.05, alpha + rng.uniform(-jitter, jitter)))
+
+
+@torch.no_grad()
+def evaluate_adapter(
+    scene_model: SceneModel,
+    language,
+    val_set: EmbeddingSet,
+    config: ModelConfig,
+    train: AdapterTrainConfig,
+    ctx: distributed.DistContext,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Activity accuracy per inference mode and CE (fused), plus the LM's answer loss (fused, the
+    deterministic question of each sample) on ``val_lm_samples`` labelled samples."""
+    scene_model.eval()
+    labels = val_set.labels_for(config.labels)
+    index = torch.tensor(ctx.shard(len(val_set)), dtype=torch.long)
+    order = ctx.gather_rows(index)
+    metrics: dict[str, float] = {}
+    for mode in MODES:
+        logits = []
+        for chunk in index.split(batch_size):
+            out = _forward(scene_model, val_set, chunk, mode, ctx.device)
+            logits.append(out.logits.float().cpu())
+        gathered = ctx.gather_rows(torch.cat(logits) if logits else torch.zeros(0, len(config.labels)))
+        target = labels[order]
+        usable = (target >= 0) & (
+            val_set.has_imu[order] if mode != "vision" else torch.ones_like(target, dtype=torch.bool)
+        )
+        if mode == "fused":
+            metrics["val_ce"] = float(supervised_ce(gathered, torch.where(usable, target, -1)))
+        correct = (gathered.argmax(dim=1) == target)[usable]
+        metrics[f"val_acc_{mode}"] = float(correct.float().mean()) if len(correct) else 0.0
+    metrics["val_acc"] = metrics["val_acc_fused"]
+
+    # Up to val_lm_samples labelled samples spread evenly over the set (not just its first seconds).
+    labelled = torch.nonzero(labels >= 0).flatten()
+    if len(labelled) > train.val_lm_samples:
+        labelled = labelled[torch.linspace(0, len(labelled) - 1, train.val_lm_samples).round().long()]
+    mine = labelled[ctx.rank :: ctx.world_size]
+    total, count = 0.0, 0
+    for chunk in mine.split(train.lm_batch_size):
+        out = _forward(scene_model, val_set, chunk, "fused", ctx.device)
+        batch = {"label": labels[chunk], "place_id": val_set.place_id[chunk]}
+        has_vision = torch.ones(len(chunk), dtype=torch.bool)
+        loss = lm_loss(
+            language, out.latents, batch, has_vision, val_set.place_names, config.labels, len(chunk), None
+        )
+        if loss is not None:
+            total += float(loss) * len(chunk)
+            count += len(chunk)
+    reduced = ctx.mean({"val_lm_loss": total / max(count, 1)}, weight=float(count))
+    metrics["val_lm_loss"] = reduced["val_lm_loss"]
+    metrics["val_loss"] = train.ce_weight * metrics["val_ce"] + train.lm_weight * metrics["val_lm_loss"]
+    return metrics
+
+
+def _forward(scene_model: SceneModel, embeddings: EmbeddingSet, index: Tensor, mode: str, device):
+    has_imu = embeddings.has_imu[index]
+    use_vision = torch.full_like(has_imu, mode != "imu")
+    use_imu = has_imu & (mode != "vision")
+    # A sample with neither (IMU mode, no window) falls back to vision so the batch stays valid; its
+    # metrics are masked out by the caller.
+    use_vision = use_vision | ~use_imu
+    return scene_model(
+        vision_tokens=embeddings.vision_tokens[index].to(device).float(),
+        vision_pooled=embeddings.vision_pooled[index].to(device),
+        imu_windows=embeddings.imu[index].to(device),
+        has_vision=use_vision.to(device),
+        has_imu=use_imu.to(device),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _load_language(config: ModelConfig, device):
+    from frozen_vlm_perception.nn.language import FrozenLanguageModel
+
+    return FrozenLanguageModel(config=config.language, device=device)
+
+
+def _check_labels(embeddings: EmbeddingSet, model_labels: list[str]) -> None:
+    if not bool((embeddings.labels_for(model_labels) >= 0).any()):
+        raise ValueError(
+            f"no training sample has one of the model's labels {model_labels} "
+            f"(found: {embeddings.label_names}); stage 2 builds its answers from labels: "
+            "give --label-topic or --labels"
+        )
+
+
+def _loader(dataset, batch_size: int, seed: int, ctx: distributed.DistContext) -> DataLoader:
+    batch_size = max(1, min(batch_size, len(dataset) // ctx.world_size))
+    if ctx.distributed:
+        sampler = DistributedSampler(
+            dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=True
+        )
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
+
+
+def _trainable_state(scene_model: SceneModel) -> dict[str, Tensor]:
+    names = {n for n, p in scene_model.named_parameters() if p.requires_grad}
+    return {
+        k: v for k, v in scene_model.state_dict().items() if k in names or not k.startswith("imu_encoder.")
+    }
+
+
+def _same_state(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
+def _recent(history: History, window: int) -> dict[str, float]:
+    """Mean training losses over the last ``window`` steps (for the validation record)."""
+    recent = history.steps[-window:]
+    out = {}
+    for key in ("loss", "ce", "lm_loss"):
+        values = [s[key] for s in recent if key in s]
+        if values:
+            out[f"train_{key}"] = sum(values) / len(values)
+    return out
+
+
+def _eval_line(record: dict[str, float], improved: bool, monitor: str) -> str:
+    lm = record.get("train_lm_loss", float("nan"))
+    return (
+        f"step {record['step']:4d}  loss {record.get('train_loss', float('nan')):.4f}  lm {lm:.4f}  "
+        f"val_loss {record['val_loss']:.4f}  val_lm {record['val_lm_loss']:.4f}  acc fused/vision/imu "
+        f"{record['val_acc_fused']:.3f}/{record['val_acc_vision']:.3f}/{record['val_acc_imu']:.3f}"
+        + (f"  * best {monitor}" if improved else "")
+    )
+
+
+def _report(train, data, train_set, val_set, history, best, ctx, args, model_dir) -> dict[str, Any]:
+    return {
+        "stage": STAGE,
+        "run": run_record(args),
+        "settings": asdict(train),
+        "data": _data_record(data, train_set, val_set),
+        "from_model": str(model_dir),
+        "best": best,
+        "evals": history.evals,
+        "steps": history.steps,
+        "seconds": time.time() - history.started,
+        "world_size": ctx.world_size,
+        "frozen_check": "IMU encoder bit-identical before and after stage 2",
+    }
+
+
+def _write_folder(
+    out_dir: Path,
+    scene_model: SceneModel,
+    config: ModelConfig,
+    metadata: dict,
+    report: dict,
+    history: History,
+) -> None:
+    """The completed folder: weights + config (stage-1 metadata kept, stage 2's added), report, plot."""
+    metadata = dict(metadata)
+    training = dict(metadata.get("training") or {})
+    training[STAGE] = {
+        "run": report["run"],
+        "seed": report["settings"]["seed"],
+        "from_model": report["from_model"],
+        "data": {k: v for k, v in report["data"].items() if k != "config"}
+        | {"bag": report["data"]["config"]["bag"], "val_bag": report["data"]["config"]["val_bag"]},
+        "metrics": {k: v for k, v in report["best"].items() if k.startswith("val_")},
+        "steps_run": len(report["steps"]),
+    }
+    metadata["training"] = training
+    save_checkpoint(
+        out_dir, config=config, dims=scene_model.dims, state_dict=scene_model.state_dict(), metadata=metadata
+    )
+    if out_dir != Path(report["from_model"]):
+        _copy_stage1_report(Path(report["from_model"]), out_dir)
+    update_report(out_dir, STAGE, report)
+    plot_history(
+        out_dir / PLOT_FILE,
+        history,
+        title=f"stage 2: adapter ({out_dir.name})",
+        step_keys=["loss", "ce", "lm_loss"],
+        eval_keys=["val_loss", "val_lm_loss", "val_acc_fused", "val_acc_vision", "val_acc_imu"],
+    )
+    log.info("stage 2 model written to %s", out_dir)
+
+
+def _copy_stage1_report(src: Path, dst: Path) -> None:
+    import shutil
+
+    from frozen_vlm_perception.training.align import PLOT_FILE as ALIGN_PLOT
+    from frozen_vlm_perception.training.common import REPORT_FILE
+
+    for name in (REPORT_FILE, ALIGN_PLOT):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main_adapter(args: argparse.Namespace) -> int:
+    """``fvp train adapter``: parsed arguments (see cli_args.add_adapter_arguments) -> exit status."""
+    from frozen_vlm_perception.training.cli_args import adapter_configs_from_args
+
+    data, train = adapter_configs_from_args(args)
+    ctx = distributed.setup(train.device)
+    try:
+        result = train_adapter(
+            data=data, model_dir=args.model, train=train, out_dir=args.out, args=args, ctx=ctx
+        )
+        if ctx.is_main:
+            best = result.best
+            print(
+                f"wrote {result.model_dir}  (best step {best.get('step')}: val_lm_loss "
+                f"{best.get('val_lm_loss', float('nan')):.3f}, acc fused/vision/imu "
+                f"{best.get('val_acc_fused', 0):.3f}/{best.get('val_acc_vision', 0):.3f}/"
+                f"{best.get('val_acc_imu', 0):.3f})"
+            )
+    finally:
+        distributed.teardown(ctx)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from frozen_vlm_perception.training.cli_args import add_adapter_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="python -m frozen_vlm_perception.training.adapter",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_adapter_arguments(parser)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return main_adapter(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""argparse helpers for the training commands (and any other command that reads bags, e.g. eval).
+
+    add_train_arguments(parser)     # adds the `align` and `adapter` subcommands, each with .func
+    add_bag_arguments(parser)       # --bag --val-bag --camera-topic --imu-topic --label-topic|--labels ...
+    data_config_from_args(args)     # -> DataConfig
+
+Defaults are not repeated here: a flag left out keeps the dataclass default (training/config.py,
+and the demo recording's topic names from data/bags.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from frozen_vlm_perception.config import ADAPTER_KINDS, ConfigError, ModelConfig, from_dict
+from frozen_vlm_perception.training.config import (
+    ADAPTER_MONITORS,
+    ALIGN_MONITORS,
+    AdapterTrainConfig,
+    AlignTrainConfig,
+    DataConfig,
+)
+
+
+def add_bag_arguments(
+    parser: argparse.ArgumentParser, *, with_val: bool = True, require_bag: bool = True
+) -> None:
+    """Flags shared by every command that reads recordings."""
+    d = DataConfig()
+    group = parser.add_argument_group("recordings")
+    group.add_argument("--bag", required=require_bag, help="rosbag2 folder (or .mcap/.db3 file) to read")
+    if with_val:
+        group.add_argument(
+            "--val-bag",
+            default="",
+            help="held-out bag for validation "
+            f"(default: the last --val-fraction of --bag in time, {d.val_fraction})",
+        )
+        group.add_argument(
+            "--val-fraction",
+            type=float,
+            default=d.val_fraction,
+            help="share of --bag held out without --val-bag",
+        )
+    group.add_argument(
+        "--camera-topic", default=d.camera_topic, help=f"sensor_msgs/Image topic ({d.camera_topic})"
+    )
+    group.add_argument("--imu-topic", default=d.imu_topic, help=f"sensor_msgs/Imu topic ({d.imu_topic})")
+    labels = group.add_mutually_exclusive_group()
+    labels.add_argument(
+        "--label-topic",
+        default=None,
+        help=f"ActivityLabel or std_msgs/String label topic (default {d.label_topic})",
+    )
+    labels.add_argument(
+        "--labels",
+        default=None,
+        metavar="FILE.csv",
+        help="labels as a start,end,label CSV (seconds of the header clock) instead of a topic",
+    )
+    group.add_argument(
+        "--place-topic",
+        default=d.place_topic,
+        help=f"std_msgs/String place topic, '' for none ({d.place_topic})",
+    )
+    group.add_argument("--frame-stride", type=int, default=d.frame_stride, help="use every n-th camera frame")
+    group.add_argument(
+        "--cache-dir",
+        default="",
+        help="embedding cache folder "
+        "(default $FVP_CACHE_DIR/embeddings or ~/.cache/frozen_vlm_perception/embeddings)",
+    )
+    group.add_argument("--no-cache", action="store_true", help="recompute the frozen-encoder embeddings")
+    group.add_argument(
+        "--encode-batch-size",
+        type=int,
+        default=d.encode_batch_size,
+        help="frames per frozen-encoder call when filling the cache",
+    )
+
+
+def data_config_from_args(args: argparse.Namespace) -> DataConfig:
+    labels_csv = args.labels or ""
+    label_topic = (
+        args.label_topic if args.label_topic is not None else ("" if labels_csv else DataConfig.label_topic)
+    )
+    config = DataConfig(
+        bag=str(args.bag or ""),
+        val_bag=str(getattr(args, "val_bag", "") or ""),
+        val_fraction=getattr(args, "val_fraction", DataConfig.val_fraction),
+        camera_topic=args.camera_topic,
+        imu_topic=args.imu_topic,
+        label_topic=label_topic,
+        labels_csv=str(labels_csv),
+        place_topic=args.place_topic or "",
+        frame_stride=args.frame_stride,
+        cache_dir=args.cache_dir or "",
+        use_cache=not args.no_cache,
+        encode_batch_size=args.encode_batch_size,
+    )
+    config.validate()
+    return config
+
+
+def _option(group, defaults, name: str, kind: type, text: str = "", **kwargs) -> None:
+    """--name-with-dashes for the settings field ``name``; the help shows the dataclass default."""
+    default = getattr(defaults, name)
+    group.add_argument(
+        "--" + name.replace("_", "-"),
+        type=kind,
+        default=None,
+        help=f"{text} (default {default})".strip(),
+        **kwargs,
+    )
+
+
+def _add_common_training(parser: argparse.ArgumentParser, defaults, monitors: dict[str, bool]) -> None:
+    group = parser.add_argument_group("training")
+    _option(group, defaults, "epochs", int)
+    _option(group, defaults, "batch_size", int, "per process")
+    _option(group, defaults, "lr", float, "peak learning rate (AdamW, warmup then cosine)")
+    _option(group, defaults, "weight_decay", float)
+    _option(group, defaults, "warmup_steps", int)
+    _option(group, defaults, "patience", int, "validations without improvement before stopping")
+    _option(group, defaults, "monitor", str, "early-stopping metric", choices=sorted(monitors))
+    _option(group, defaults, "seed", int)
+    _option(group, defaults, "device", str, "auto | cpu | cuda | cuda:N (torchrun: one GPU per process)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_align_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``fvp train align`` (stage 1)."""
+    defaults = AlignTrainConfig()
+    add_bag_arguments(parser)
+    parser.add_argument(
+        "--out", required=True, help="model folder to write (config.json + model.safetensors)"
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model-config",
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON ModelConfig (or a model folder's config.json); flags below override it",
+    )
+    model.add_argument(
+        "--adapter",
+        choices=ADAPTER_KINDS,
+        default=None,
+        help="resampler (Perceiver Resampler) or linear (one fully-connected layer) (default resampler)",
+    )
+    _add_common_training(parser, defaults, ALIGN_MONITORS)
+    stage = parser.add_argument_group("stage 1")
+    _option(stage, defaults, "supervised_weight", float, "weight of the activity cross-entropy")
+    stage.add_argument("--contrastive-only", action="store_true", help="supervised weight 0 (the ablation)")
+    _option(stage, defaults, "token_weight", float, "weight of the token-level InfoNCE")
+    _option(stage, defaults, "imu_scale_jitter", float, "IMU amplitude augmentation")
+    _option(stage, defaults, "imu_noise", float, "IMU noise augmentation")
+
+
+def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``fvp train adapter`` (stage 2)."""
+    defaults = AdapterTrainConfig()
+    add_bag_arguments(parser)
+    parser.add_argument("--model", required=True, help="the stage-1 model folder (updated in place)")
+    parser.add_argument("--out", default=None, help="write the finished model here instead of --model")
+    _add_common_training(parser, defaults, ADAPTER_MONITORS)
+    stage = parser.add_argument_group("stage 2")
+    _option(stage, defaults, "max_steps", int, "cap on optimizer steps")
+    _option(stage, defaults, "lm_loss_every", int, "LM loss on every n-th step")
+    _option(stage, defaults, "lm_batch_size", int, "samples per step through the LM")
+    _option(stage, defaults, "lm_weight", float)
+    _option(stage, defaults, "ce_weight", float)
+    _option(stage, defaults, "alpha_jitter", float, "fusion alpha ~ U(alpha -+ this) per batch")
+    stage.add_argument(
+        "--modality-probs",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("FUSED", "VISION", "IMU"),
+        help="modality dropout probabilities "
+        f"(default {defaults.p_fused} {defaults.p_vision} {defaults.p_imu})",
+    )
+    _option(stage, defaults, "val_every", int, "validate every n steps; 0: every epoch")
+    _option(stage, defaults, "val_lm_samples", int, "validation samples through the LM")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """``train align`` and ``train adapter`` subcommands; each sets ``args.func(args) -> int``."""
+    sub = parser.add_subparsers(dest="train_command", required=True, metavar="{align,adapter}")
+    align = sub.add_parser(
+        "align",
+        help="stage 1: align the IMU encoder to the frozen vision encoder",
+        description="Stage 1: InfoNCE + supervised alignment of the IMU encoder.",
+    )
+    add_align_arguments(align)
+    align.set_defaults(func=_run_align)
+    adapter = sub.add_parser(
+        "adapter",
+        help="stage 2: train fusion + adapter + head through the frozen LM",
+        description="Stage 2: the frozen LM's next-token loss + activity CE.",
+    )
+    add_adapter_arguments(adapter)
+    adapter.set_defaults(func=_run_adapter)
+
+
+def _run_align(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.training.align import main_align
+
+    return main_align(args)
+
+
+def _run_adapter(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.training.adapter import main_adapter
+
+    return main_adapter(args)
+
+
+# --------------------------------------------------------------------------------------------------
+# Namespaces -> configs
+
+
+def align_configs_from_args(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, AlignTrainConfig]:
+    data = data_config_from_args(args)
+    model = load_model_config(args.model_config) if args.model_config else ModelConfig()
+    if args.adapter:
+        model = replace(model, adapter=replace(model.adapter, kind=args.adapter))
+    model.validate()
+    train = _train_config(AlignTrainConfig, args)
+    if args.contrastive_only:
+        train = replace(train, supervised_weight=0.0)
+    train.validate()
+    return data, model, train
+
+
+def adapter_configs_from_args(args: argparse.Namespace) -> tuple[DataConfig, AdapterTrainConfig]:
+    data = data_config_from_args(args)
+    train = _train_config(AdapterTrainConfig, args)
+    if args.modality_probs:
+        train = replace(
+            train,
+            p_fused=args.modality_probs[0],
+            p_vision=args.modality_probs[1],
+            p_imu=args.modality_probs[2],
+        )
+    train.validate()
+    return data, train
+
+
+def _train_config(cls, args: argparse.Namespace):
+    """The dataclass with every field whose flag was given (same name, '-' -> '_') overridden."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None and f.name != "progress":
+            values[f.name] = value
+    values["progress"] = not getattr(args, "no_progress", False)
+    return cls(**values)
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """A ModelConfig from YAML or JSON: the mapping itself, or a model folder's config.json ("model")."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read the model config {path}: {err}") from err
+    if path.suffix == ".json":
+        document = json.loads(text)
+    else:
+        import yaml
+
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if isinstance(document, dict) and "model" in document and "format_version" in document:
+        document = document["model"]
+    config = from_dict(ModelConfig, document, where=str(path))
+    config.validate()
+    return config

@@ -1,0 +1,143 @@
+"""Training settings as dataclasses (the model's own defaults stay in ``frozen_vlm_perception.config``).
+
+``DataConfig`` says which bags and topics to read, ``AlignTrainConfig`` is stage 1 (the IMU encoder
+aligned to the frozen vision encoder), ``AdapterTrainConfig`` is stage 2 (fusion + adapter + head
+trained through the frozen LM). The CLI flags map one to one onto these fields (see cli_args.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from frozen_vlm_perception.config import ConfigError
+from frozen_vlm_perception.data.bags import ACTIVITY_TOPIC, CAMERA_TOPIC, IMU_TOPIC, PLACE_TOPIC
+
+# Early-stopping metrics and whether larger is better.
+ALIGN_MONITORS = {"val_loss": False, "val_infonce": False, "val_r1": True, "val_r5": True, "val_acc": True}
+ADAPTER_MONITORS = {"val_loss": False, "val_lm_loss": False, "val_ce": False, "val_acc": True}
+
+
+@dataclass
+class DataConfig:
+    """Which recordings to read and how to pair their messages."""
+
+    bag: str = ""
+    # Held-out recording; empty: the last ``val_fraction`` of ``bag`` in time (a contiguous tail, so
+    # overlapping IMU windows of neighbouring frames never sit on both sides of the split).
+    val_bag: str = ""
+    val_fraction: float = 0.2
+    camera_topic: str = CAMERA_TOPIC
+    imu_topic: str = IMU_TOPIC
+    # Labels come from an ActivityLabel/String topic or a start,end,label CSV (exactly one of them).
+    label_topic: str = ACTIVITY_TOPIC
+    labels_csv: str = ""
+    place_topic: str = PLACE_TOPIC  # std_msgs/String place key (empty: no places)
+    frame_stride: int = 1
+    # Embedding cache folder; empty: $FVP_CACHE_DIR/embeddings, else ~/.cache/frozen_vlm_perception/...
+    cache_dir: str = ""
+    use_cache: bool = True
+    encode_batch_size: int = 32  # frames per frozen-vision-encoder call while building the cache
+
+    def validate(self) -> None:
+        if not self.bag:
+            raise ConfigError("a training bag is required (--bag)")
+        if self.label_topic and self.labels_csv:
+            raise ConfigError("give a label topic or a labels CSV, not both")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.frame_stride < 1 or self.encode_batch_size < 1:
+            raise ConfigError("frame_stride and encode_batch_size must be >= 1")
+
+
+@dataclass
+class AlignTrainConfig:
+    """Stage 1: InfoNCE (IMU pooled vs frozen image pooled) + supervised_weight x activity CE."""
+
+    epochs: int = 40
+    batch_size: int = 64  # per process; InfoNCE negatives are the other samples of the local batch
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    supervised_weight: float = 1.0  # 0: contrastive only (the ablation)
+    # Weight of the token-level term: mean IMU token vs mean frozen vision token (InfoNCE). It puts
+    # the IMU *tokens* (what the resampler reads) in the vision token space too; without it their
+    # projection would never be trained, since stage 2 keeps the IMU encoder frozen.
+    token_weight: float = 0.5
+    init_temperature: float = 0.07
+    # Training-time IMU augmentation (per window and channel): amplitude scale U(1 -+ this) and
+    # Gaussian noise of this std (in g for accel, rad/s for gyro). People and phone mounts differ.
+    imu_scale_jitter: float = 0.1
+    imu_noise: float = 0.02
+    patience: int = 8  # epochs without improvement of ``monitor`` before stopping
+    # Retrieval, not val_loss: on the demo data the whole-set InfoNCE rises after a few epochs (the
+    # temperature sharpens, confident misses cost more) while R@1/R@5 and accuracy keep improving.
+    monitor: str = "val_r5"
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> None:
+        _positive("epochs", self.epochs)
+        _positive("batch_size", self.batch_size)
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be >= 2: InfoNCE needs negatives")
+        if self.lr <= 0 or self.supervised_weight < 0 or self.token_weight < 0:
+            raise ConfigError("lr must be > 0, supervised_weight and token_weight >= 0")
+        if not 0 <= self.imu_scale_jitter < 1 or self.imu_noise < 0:
+            raise ConfigError("imu_scale_jitter must lie in [0, 1) and imu_noise be >= 0")
+        if not 0 < self.init_temperature <= 1:
+            raise ConfigError(f"init_temperature must lie in (0, 1], got {self.init_temperature}")
+        _positive("patience", self.patience)
+        if self.monitor not in ALIGN_MONITORS:
+            raise ConfigError(f"monitor must be one of {sorted(ALIGN_MONITORS)}, got {self.monitor!r}")
+
+
+@dataclass
+class AdapterTrainConfig:
+    """Stage 2: fusion + adapter + activity head, through the frozen LM's next-token loss."""
+
+    epochs: int = 20
+    max_steps: int = 300  # hard cap on optimizer steps (the LM forward dominates the cost)
+    batch_size: int = 16  # per process, for the activity-head loss
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    lm_weight: float = 1.0
+    ce_weight: float = 1.0
+    lm_loss_every: int = 1  # run the LM loss every n-th step (the head loss runs every step)
+    lm_batch_size: int = 8  # samples of each batch that go through the LM
+    # Modality dropout: each sample is fused / vision-only / IMU-only with these probabilities, so all
+    # three inference modes see training data.
+    p_fused: float = 0.5
+    p_vision: float = 0.25
+    p_imu: float = 0.25
+    # Each batch uses alpha ~ U(alpha - j, alpha + j) (clipped to [0.05, 0.95]) so the alpha override
+    # users have at inference (pipeline.encode(alpha=...), the node parameter) stays in distribution.
+    alpha_jitter: float = 0.2
+    val_every: int = 0  # validate every n steps; 0: after every epoch
+    val_lm_samples: int = 32  # validation samples that go through the LM
+    patience: int = 4  # validations without improvement before stopping
+    monitor: str = "val_loss"
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("epochs", "max_steps", "batch_size", "lm_loss_every", "lm_batch_size", "patience"):
+            _positive(name, getattr(self, name))
+        if self.lr <= 0 or self.lm_weight < 0 or self.ce_weight < 0:
+            raise ConfigError("lr must be > 0, lm_weight and ce_weight >= 0")
+        probs = (self.p_fused, self.p_vision, self.p_imu)
+        if min(probs) < 0 or sum(probs) <= 0:
+            raise ConfigError(f"modality probabilities must be >= 0 and not all 0, got {probs}")
+        if not 0 <= self.alpha_jitter <= 0.5:
+            raise ConfigError(f"alpha_jitter must lie in [0, 0.5], got {self.alpha_jitter}")
+        if self.monitor not in ADAPTER_MONITORS:
+            raise ConfigError(f"monitor must be one of {sorted(ADAPTER_MONITORS)}, got {self.monitor!r}")
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{name} must be >= 1, got {value}")

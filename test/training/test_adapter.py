@@ -1,0 +1,153 @@
+"""Stage 2: the frozen parts stay bit-identical, the LM loss falls, the folder is complete and loads."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from conftest import tiny_data_config
+from safetensors.torch import load_file
+
+from frozen_vlm_perception.checkpoint import read_checkpoint_config
+from frozen_vlm_perception.config import VisionConfig
+from frozen_vlm_perception.nn.vision import build_vision_encoder
+from frozen_vlm_perception.pipeline import PerceptionPipeline
+from frozen_vlm_perception.training.adapter import jittered_alpha, sample_modalities, train_adapter
+from frozen_vlm_perception.training.config import AdapterTrainConfig
+from frozen_vlm_perception.training.templates import ACTIVITY_QUESTIONS, PLACE_QUESTIONS, make_qa
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_bit_identical(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], what: str) -> None:
+    assert before.keys() == after.keys(), what
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"{what} changed: {changed[:5]}"
+
+
+@pytest.mark.slow
+def test_stage2_trains_through_the_frozen_lm_and_keeps_frozen_parts(
+    aligned, tiny_bags, tiny_lm, tmp_path, capsys
+):
+    vision = build_vision_encoder(VisionConfig(image_size=64))
+    vision_before, lm_before = snapshot(vision), snapshot(tiny_lm)
+    calls = []
+
+    def encoder_factory():
+        calls.append(1)
+        return vision
+
+    out = tmp_path / "stage2"
+    settings = AdapterTrainConfig(
+        max_steps=30,
+        batch_size=16,
+        lm_batch_size=8,
+        lr=5e-3,
+        warmup_steps=5,
+        val_every=15,
+        val_lm_samples=16,
+        patience=100,
+        device="cpu",
+        progress=False,
+    )
+    # A fresh cache folder, so the frozen vision encoder really runs in this test.
+    result = train_adapter(
+        data=tiny_data_config(*tiny_bags, tmp_path / "cache"),
+        model_dir=aligned.model_dir,
+        train=settings,
+        out_dir=out,
+        encoder_factory=encoder_factory,
+        language=tiny_lm,
+    )
+    assert calls == [1]  # built once for both bags
+
+    # Frozen parts: vision encoder, LM and IMU encoder bit-identical after the steps.
+    assert_bit_identical(vision_before, snapshot(vision), "the vision encoder")
+    assert_bit_identical(lm_before, snapshot(tiny_lm), "the language model")
+    stage1, stage2 = load_file(aligned.model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    imu_keys = [k for k in stage1 if k.startswith("imu_encoder.")]
+    assert imu_keys and all(torch.equal(stage1[k], stage2[k]) for k in imu_keys)
+    trained = [k for k in stage1 if k.startswith(("adapter.", "head.", "fusion."))]
+    assert all(not torch.equal(stage1[k], stage2[k]) for k in trained)
+
+    # The LM's answer loss falls (validation: fixed samples and questions, step 0 = untrained;
+    # training: first vs last steps).
+    evals = result.history.evals
+    lm_steps = [s["lm_loss"] for s in result.history.steps if "lm_loss" in s]
+    first_train, last_train = sum(lm_steps[:5]) / 5, sum(lm_steps[-5:]) / 5
+    assert evals[0]["step"] == 0 and [e["step"] for e in evals] == [0, 15, 30]
+    assert result.best["val_lm_loss"] < evals[0]["val_lm_loss"] - 0.3, [e["val_lm_loss"] for e in evals]
+    assert last_train < first_train - 0.5, (first_train, last_train)
+    assert result.best["val_acc_fused"] >= 0.5, result.best
+    with capsys.disabled():
+        print(
+            f"\nstage 2: train LM loss {first_train:.3f} -> {last_train:.3f} (first/last 5 steps); "
+            f"val LM loss {evals[0]['val_lm_loss']:.3f} -> {result.best['val_lm_loss']:.3f}; "
+            f"activity acc fused/vision/imu {result.best['val_acc_fused']:.3f}/"
+            f"{result.best['val_acc_vision']:.3f}/{result.best['val_acc_imu']:.3f}; "
+            f"{result.report['seconds']:.1f} s for {len(result.history.steps)} steps"
+        )
+
+    # The completed folder: both stages in the metadata and the report, both plots, and it loads.
+    _, _, metadata = read_checkpoint_config(out)
+    assert set(metadata["training"]) == {"align", "adapter"}
+    report = json.loads((out / "train_report.json").read_text())
+    assert set(report) == {"align", "adapter"} and report["adapter"]["frozen_check"]
+    assert (out / "train_align.png").is_file() and (out / "train_adapter.png").is_file()
+    pipeline = PerceptionPipeline.from_model_dir(out, device="cpu")
+    frame = torch.zeros(48, 64, 3, dtype=torch.uint8).numpy()
+    window = torch.zeros(64, 6).numpy()
+    window[:, 0] = 9.81
+    for mode in ("fused", "vision", "imu"):
+        scene = pipeline.encode_one(frame, window, mode=mode)
+        assert scene.label in pipeline.config.labels
+    answer = pipeline.answer(pipeline.encode_one(frame, window), ACTIVITY_QUESTIONS[0], max_new_tokens=4)
+    assert isinstance(answer.text, str)
+
+
+def test_modality_dropout_respects_missing_imu():
+    settings = AdapterTrainConfig(p_fused=0.0, p_vision=0.0, p_imu=1.0)
+    has_vision, has_imu = sample_modalities(torch.tensor([True, False, True]), settings, random.Random(0))
+    assert has_vision.tolist() == [False, True, False]  # no IMU window: vision-only whatever the draw
+    assert has_imu.tolist() == [True, False, True]
+    settings = AdapterTrainConfig()
+    rng = random.Random(0)
+    draws = [sample_modalities(torch.ones(64, dtype=torch.bool), settings, rng) for _ in range(20)]
+    vision = torch.cat([d[0] for d in draws])
+    imu = torch.cat([d[1] for d in draws])
+    fused, vision_only, imu_only = (
+        (vision & imu).float().mean(),
+        (vision & ~imu).float().mean(),
+        (~vision & imu).float().mean(),
+    )
+    assert abs(fused - 0.5) < 0.05 and abs(vision_only - 0.25) < 0.05 and abs(imu_only - 0.25) < 0.05
+    assert bool((vision | imu).all())
+
+
+def test_alpha_jitter_stays_in_range():
+    rng = random.Random(0)
+    values = [jittered_alpha(0.5, 0.2, rng) for _ in range(1000)]
+    assert 0.3 <= min(values) < 0.32 and 0.68 < max(values) <= 0.7
+    assert all(0.05 <= jittered_alpha(0.9, 0.2, rng) <= 0.95 for _ in range(100))
+    assert jittered_alpha(0.5, 0.0, rng) == 0.5
+
+
+def test_question_templates():
+    qa = make_qa("walking upstairs", None, has_vision=True)
+    assert (qa.question, qa.answer, qa.kind) == (
+        ACTIVITY_QUESTIONS[0],
+        "The person is walking upstairs.",
+        "activity",
+    )
+    qa = make_qa("sitting", "coffee", has_vision=True)
+    assert qa.question == PLACE_QUESTIONS[0]
+    assert qa.answer == "The person is sitting at a table with a cup of coffee."
+    assert make_qa("sitting", "coffee", has_vision=False).kind == "activity"  # no frame: no place question
+    assert make_qa("lying", "garage_2", has_vision=True).answer == "The person is lying at garage 2."
+    rng = random.Random(0)
+    kinds = {make_qa("walking", "cat", has_vision=True, rng=rng).kind for _ in range(50)}
+    assert kinds == {"activity", "place"}

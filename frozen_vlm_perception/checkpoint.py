@@ -47,7 +47,7 @@ def save_checkpoint(
     with tempfile.NamedTemporaryFile(dir=model_dir, suffix=".tmp", delete=False) as tmp:
         tmp_path = Path(tmp.name)
     save_file(tensors, str(tmp_path), metadata={"format_version": str(CHECKPOINT_FORMAT_VERSION)})
-    os.replace(tmp_path, model_dir / WEIGHTS_FILE)
+    _publish(tmp_path, model_dir / WEIGHTS_FILE)
     document = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": to_dict(config),
@@ -141,4 +141,12 @@ def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
         json.dump(document, tmp, indent=2)
         tmp.write("\n")
-    os.replace(tmp.name, path)
+    _publish(Path(tmp.name), path)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename a finished temp file into place, readable as a normal file (temp files are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)

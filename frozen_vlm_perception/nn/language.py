@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from frozen_vlm_perception.config import LanguageConfig
+from frozen_vlm_perception.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,8 @@ def smollm2_gguf_path() -> Path:
 
 
 def cache_root() -> Path:
-    """Where dequantized models are cached: $FVP_CACHE_DIR, else the XDG cache, else ~/.cache."""
-    if os.environ.get("FVP_CACHE_DIR"):
-        return Path(os.environ["FVP_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "frozen_vlm_perception"
+    """Where dequantized models are cached (see frozen_vlm_perception.paths.cache_dir)."""
+    return cache_dir()
 
 
 def load_causal_lm(source: str, *, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
@@ -364,7 +361,10 @@ class FrozenLanguageModel(nn.Module):
         with torch.inference_mode():
             prompt = self.build_prompt(scene_tokens, question)  # validates before any work
         result = self.generate_from_embeds(
-            prompt, max_new_tokens=max_new_tokens, on_text=on_text, should_stop=should_stop,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            on_text=on_text,
+            should_stop=should_stop,
             stop_at_eos=stop_at_eos,
         )
         return dataclasses.replace(result, seconds=time.perf_counter() - start)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import signal
 import threading
@@ -101,6 +102,33 @@ def declare_parameters(node, specs: Sequence[ParamSpec]) -> None:
             ) from None
 
 
+def check_topic_names(values: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """Raise ValueError naming the parameter when a topic name parameter is not a valid ROS name."""
+    from rclpy.exceptions import NameValidationException
+    from rclpy.validate_topic_name import validate_topic_name
+
+    for key in keys:
+        try:
+            validate_topic_name(values[key])
+        except NameValidationException as err:
+            raise ValueError(f"parameter {key!r}: {err}") from None
+
+
+def log_transition_errors(callback):
+    """Decorator for lifecycle transition callbacks: rclpy turns an exception raised in one into
+    ERROR without a word (then on_error cleans up); this logs it first, naming the transition."""
+
+    @functools.wraps(callback)
+    def wrapper(self, state):
+        try:
+            return callback(self, state)
+        except Exception as err:
+            self.get_logger().error(f"{callback.__name__} failed: {type(err).__name__}: {err}")
+            raise
+
+    return wrapper
+
+
 def parameter_values(node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
     """Current values of ``specs``; raises ValueError naming the first one that is not acceptable."""
     values = {s.name: node.get_parameter(s.name).value for s in specs}
@@ -165,11 +193,13 @@ def qos_profile(depth: int, reliability: str):
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth), reliability=policy)
 
 
-def incompatible_qos_warning(node, topic: str):
+def incompatible_qos_warning(node, topic: str, on_lost=None):
     """Event callbacks that say loudly when a publisher's QoS cannot reach our subscription.
 
     The classic case: a camera driver publishing best-effort (SensorDataQoS) and our reliable
     subscription; DDS then delivers nothing at all and, without this, nothing says why.
+    ``on_lost(n)``: called with the number of messages DDS reports lost on the way (a best-effort
+    sample that never arrived, a reliable one its writer gave up on), which no callback ever sees.
     """
     from rclpy.event_handler import SubscriptionEventCallbacks
 
@@ -180,7 +210,13 @@ def incompatible_qos_warning(node, topic: str):
             throttle_duration_sec=10.0,
         )
 
-    return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
+    def on_message_lost(event) -> None:
+        if event.total_count_change > 0:
+            on_lost(int(event.total_count_change))
+
+    return SubscriptionEventCallbacks(
+        incompatible_qos=on_incompatible, message_lost=on_message_lost if on_lost is not None else None
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,18 +231,41 @@ def package_data_dirs() -> list[Path]:
     return [d for d in dict.fromkeys((source_root(), share_dir())) if d is not None]
 
 
+MODEL_CONFIG_FILE = "config.json"  # what makes a folder a model folder (checkpoint.CONFIG_FILE)
+
+
 def resolve_model_dir(value: str) -> Path:
-    """The model_dir parameter -> a folder: absolute as given; relative to the working directory if
-    it exists there, else relative to the package data folder (so the default 'models/demo' finds the
-    shipped model from anywhere). Raises FileNotFoundError listing where it looked."""
+    """The model_dir parameter -> a model folder: absolute as given; relative to the working directory
+    if it exists there, else relative to the package data folder (so the default 'models/demo' finds the
+    shipped model from anywhere).
+
+    A parameter is input from outside, so it is checked before anything is read from it: a NUL byte
+    or a value that is not a string raises ValueError; a path that is a file, or a folder without
+    config.json, raises FileNotFoundError saying so; nothing found raises FileNotFoundError listing
+    where it looked."""
+    if not isinstance(value, str):
+        raise ValueError(f"model_dir must be a string path, got {type(value).__name__}")
+    if "\x00" in value:
+        raise ValueError(f"model_dir contains a NUL byte: {value!r}")
     path = Path(value or DEFAULT_MODEL_DIR).expanduser()
     if path.is_absolute():
         candidates = [path]
     else:
         candidates = list(dict.fromkeys([Path.cwd() / path] + [base / path for base in package_data_dirs()]))
     for candidate in candidates:
-        if candidate.is_dir():
+        if candidate.is_dir() and (candidate / MODEL_CONFIG_FILE).is_file():
             return candidate
+    for candidate in candidates:  # nothing usable: say what is wrong with what is there
+        if candidate.is_dir():
+            raise FileNotFoundError(
+                f"model_dir {str(value)!r}: {candidate} is a folder without {MODEL_CONFIG_FILE}, not a model "
+                f"folder ({MODEL_CONFIG_FILE} + model.safetensors)"
+            )
+        if candidate.exists():
+            raise FileNotFoundError(
+                f"model_dir {str(value)!r}: {candidate} is a file, not a model folder "
+                f"({MODEL_CONFIG_FILE} + model.safetensors)"
+            )
     raise FileNotFoundError(
         f"model folder {str(value)!r} not found; looked in: " + ", ".join(str(c) for c in candidates)
     )
@@ -218,6 +277,27 @@ def package_file(relative: str) -> Path:
         if (base / relative).is_file():
             return base / relative
     raise FileNotFoundError(f"{relative} not found in " + ", ".join(str(d) for d in package_data_dirs()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Out of memory
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for torch's CUDA out-of-memory error and for the CPU allocator's equivalent."""
+    import torch  # already imported by the pipeline whenever a worker can raise this
+
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)  # DefaultCPUAllocator
+
+
+def free_cuda_cache(device) -> None:
+    """torch.cuda.empty_cache() when ``device`` is a CUDA device (cached blocks back to the driver)."""
+    if device is not None and getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,6 +21,12 @@ window cannot be trusted (the reason is counted); ``vision`` ignores the IMU; ``
 the camera topic, whose frames then only provide the timing (pixels are not even converted): one
 label per frame, from the IMU window ending at the frame's stamp.
 
+Failures are counted, never fatal (``drop:<reason>`` in /diagnostics): bad images and IMU samples by
+conversion reason, messages DDS reports lost before any callback saw them
+(``drop:<camera|imu>:lost_in_transport``), model errors (``drop:inference_error``). A CUDA
+out-of-memory error drops the frame (``drop:inference_error:oom``) and empties the CUDA cache; after
+``oom_cpu_fallback_after`` of them in a row the model is reloaded on the CPU and labelling goes on there.
+
 Lifecycle: configure loads the model and creates the publishers and subscriptions; activate starts
 the worker (reloading the model if a deactivate released it); deactivate stops the worker and frees
 the model; cleanup and shutdown release everything. Parameters are read at configure, except
@@ -62,11 +68,15 @@ from frozen_vlm_perception.nodes.common import (
     Counters,
     ParamSpec,
     apply_torch_threads,
+    check_topic_names,
     dataclass_specs,
     declare_parameters,
     delta,
     diagnostic_array,
+    free_cuda_cache,
     incompatible_qos_warning,
+    is_out_of_memory,
+    log_transition_errors,
     parameter_values,
     qos_profile,
     resolve_model_dir,
@@ -116,6 +126,10 @@ PARAMS: list[ParamSpec] = [
     *dataclass_specs("sync", SyncConfig, _SYNC_DOCS),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics and of the drop summary log.",
               (0.1, 3600.0)),
+    ParamSpec("oom_cpu_fallback_after", 3,
+              "After this many consecutive CUDA out-of-memory errors, reload the model on the CPU and go on "
+              "there (slower, but labels continue); 0: never, keep trying on CUDA. Every out-of-memory frame "
+              "is counted as drop:inference_error:oom.", (0, 1_000_000)),
 ]
 PARAM_NAMES = frozenset(s.name for s in PARAMS)
 
@@ -180,13 +194,17 @@ class PerceptionNode(LifecycleNode):
         self._stage_ms: dict[str, float] = {}  # summed per stage since the last diagnostics
         self._latency_ms: list[float] = []  # mailbox -> published, since the last diagnostics
         self._stats_lock = threading.Lock()
+        self._oom_streak = 0  # consecutive out-of-memory errors of the worker
+        self._fallback_note = ""  # set when the model was moved to the CPU after CUDA out-of-memory
 
     # ----------------------------------------------------------------------------------------------
     # Lifecycle
 
+    @log_transition_errors
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             values = parameter_values(self, PARAMS)
+            check_topic_names(values, ("camera.topic", "imu.topic"))
             self._sync = from_dict(SyncConfig, section(values, "sync"), where="sync")
             self._sync.validate()
             fusion = from_dict(FusionConfig, section(values, "fusion"), where="fusion")
@@ -208,12 +226,16 @@ class PerceptionNode(LifecycleNode):
         self._sub_camera = self.create_subscription(
             Image, values["camera.topic"], self._on_image,
             qos_profile(values["camera.qos_depth"], values["camera.qos_reliability"]),
-            event_callbacks=incompatible_qos_warning(self, values["camera.topic"]),
+            event_callbacks=incompatible_qos_warning(
+                self, values["camera.topic"], on_lost=self._lost_counter("camera")
+            ),
         )
         self._sub_imu = self.create_subscription(
             Imu, values["imu.topic"], self._on_imu,
             qos_profile(values["imu.qos_depth"], values["imu.qos_reliability"]),
-            event_callbacks=incompatible_qos_warning(self, values["imu.topic"]),
+            event_callbacks=incompatible_qos_warning(
+                self, values["imu.topic"], on_lost=self._lost_counter("imu")
+            ),
         )
         self._diag_timer = self.create_timer(values["diagnostics_period_s"], self._publish_diagnostics)
         self.get_logger().info(
@@ -222,12 +244,15 @@ class PerceptionNode(LifecycleNode):
         )
         return super().on_configure(state)
 
+    @log_transition_errors
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.pipeline is None and not self._load_model():  # released by a deactivate
             return TransitionCallbackReturn.FAILURE
         self._mailbox.clear()
         self._imu.clear()  # samples from before the pause would only pair with stale frames
         self._last_imu_ns = None
+        self._oom_streak = 0
+        self._fallback_note = ""
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run_worker, args=(self._stop,), name="perception-worker",
                                         daemon=True)
@@ -235,16 +260,19 @@ class PerceptionNode(LifecycleNode):
         self._worker.start()
         return super().on_activate(state)
 
+    @log_transition_errors
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_worker()
         self._release_model()
         return super().on_deactivate(state)
 
+    @log_transition_errors
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release()
         self._destroy_entities()
         return super().on_cleanup(state)
 
+    @log_transition_errors
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release()
         self._destroy_entities()
@@ -369,10 +397,60 @@ class PerceptionNode(LifecycleNode):
             item = self._mailbox.take(timeout=0.2)
             if item is None or stop.is_set():
                 continue
+            out_of_memory = None
             try:
                 self._process(*item, stop)
             except Exception as err:  # a model error on odd input must not end the worker
-                self._drop("inference_error", f"{type(err).__name__}: {err}")
+                if is_out_of_memory(err):
+                    out_of_memory = str(err)  # handled below, once the traceback (and its tensors) is freed
+                else:
+                    self._drop("inference_error", f"{type(err).__name__}: {err}")
+            if out_of_memory is not None:
+                self._on_out_of_memory(out_of_memory, stop)
+
+    def _on_out_of_memory(self, err: str, stop: threading.Event) -> None:
+        """Count and log the dropped frame, free the CUDA cache, and after ``oom_cpu_fallback_after``
+        consecutive CUDA out-of-memory errors move the model to the CPU (the worker goes on there)."""
+        pipeline = self.pipeline
+        device = pipeline.device if pipeline is not None else None
+        self._oom_streak += 1
+        self.counters.add("drop:inference_error:oom")
+        free_cuda_cache(device)
+        text = f"out of memory on {device} ({self._oom_streak} in a row); frame dropped: {err}"
+        if self._oom_streak == 1:  # the first of a run always shows; repeats are throttled
+            self.get_logger().error(text)
+        else:
+            self.get_logger().error(text, throttle_duration_sec=LOG_THROTTLE_S)
+        limit = int(self._values.get("oom_cpu_fallback_after", 0))
+        if device is None or device.type != "cuda" or limit == 0 or self._oom_streak < limit:
+            return
+        self.get_logger().error(
+            f"{self._oom_streak} consecutive CUDA out-of-memory errors: reloading the model on the CPU "
+            "(labels continue, slower; deactivate + activate to try CUDA again)"
+        )
+        from frozen_vlm_perception.pipeline import PerceptionPipeline
+
+        try:
+            cpu = PerceptionPipeline.from_model_dir(
+                self._model_path, device="cpu", load_language=False, fusion=self._fusion
+            )
+        except Exception as load_err:  # e.g. the host is out of memory too
+            self.counters.add("device_fallback_failed")
+            self.get_logger().error(
+                f"cannot fall back to the CPU ({type(load_err).__name__}: {load_err}); frames keep being "
+                "tried on CUDA and dropped while memory is short"
+            )
+            self._oom_streak = 0  # try CUDA for another round before attempting the fallback again
+            return
+        if stop.is_set() or self.pipeline is not pipeline:  # deactivated meanwhile: keep nothing
+            return
+        self.pipeline = cpu
+        self._oom_streak = 0
+        self._fallback_note = f"running on the CPU after repeated out-of-memory errors on {device}"
+        self.counters.add("device_fallback:cpu")
+        del pipeline
+        gc.collect()
+        free_cuda_cache(device)
 
     def _process(self, msg, received: float, stop: threading.Event) -> None:
         pipeline, fusion = self.pipeline, self._fusion
@@ -406,6 +484,7 @@ class PerceptionNode(LifecycleNode):
             self._latency_ms.append((time.perf_counter() - received) * 1000.0)
         self.counters.add("frames_labelled")
         self.counters.add(f"source:{scene.source}")
+        self._oom_streak = 0
 
     def _imu_window(self, t_end: float, stop: threading.Event):
         """(window, None) or (None, reason). Waits at most max_wait_s for samples up to ``t_end``."""
@@ -445,6 +524,18 @@ class PerceptionNode(LifecycleNode):
             latents.imu_window_end = header.stamp  # exactly the frame's stamp, no float round trip
         self._pub_latents.publish(latents)
 
+    def _lost_counter(self, kind: str):
+        """Counts messages DDS lost before they reached a callback (``drop:<kind>:lost_in_transport``)."""
+
+        def lost(n: int) -> None:
+            self.counters.add(f"drop:{kind}:lost_in_transport", n)
+            self.get_logger().warning(
+                f"{n} {kind} message(s) lost in transport (counted as drop:{kind}:lost_in_transport)",
+                throttle_duration_sec=LOG_THROTTLE_S,
+            )
+
+        return lost
+
     def _drop(self, reason: str, detail: str = "") -> None:
         self.counters.add(f"drop:{reason}")
         if reason != "superseded":  # superseded frames are the design working, not a problem
@@ -461,17 +552,21 @@ class PerceptionNode(LifecycleNode):
         counts = self.counters.snapshot()
         imu = self._imu
         if imu is not None:  # the buffer counts its own drops (out of order, duplicate stamps, ...)
-            for reason, n in dict(imu.drops).items():
+            for reason, n in imu.drop_counts().items():
                 counts[f"drop:imu:{reason}"] = counts.get(f"drop:imu:{reason}", 0) + n
         with self._stats_lock:
             stage_ms, self._stage_ms = self._stage_ms, {}
             latency, self._latency_ms = self._latency_ms, []
         new, self._last_counts = delta(counts, self._last_counts), counts
         received, labelled = new.get("frames_received", 0), new.get("frames_labelled", 0)
+        pipeline = self.pipeline
         values: list[tuple[str, Any]] = [
             ("state", "active" if self._active else "inactive"),
-            ("model_loaded", self.pipeline is not None),
+            ("model_loaded", pipeline is not None),
+            ("device", str(pipeline.device) if pipeline is not None else ""),
             ("fusion_mode", self._fusion.mode),
+            # Bounded buffers, reported so that a soak test can see that they stay bounded.
+            ("imu_buffer_samples", len(imu) if imu is not None else 0),
             ("period_frames_received", received),
             ("period_frames_labelled", labelled),
         ]
@@ -487,6 +582,10 @@ class PerceptionNode(LifecycleNode):
         fallbacks = {k: v for k, v in new.items() if k.startswith("vision_fallback:")}
         if fallbacks and level == "ok":
             level, message = "warn", f"IMU unusable, vision-only fallback: {fallbacks}"
+        if new.get("drop:inference_error:oom"):
+            level, message = "error", f"out of memory: {new['drop:inference_error:oom']} frame(s) dropped"
+        elif self._fallback_note and level == "ok":
+            level, message = "warn", self._fallback_note
         drops = {k: v for k, v in new.items() if k.startswith("drop:") and k != "drop:superseded"}
         if drops:
             self.get_logger().info(f"drops in the last period: {drops}", throttle_duration_sec=LOG_THROTTLE_S)

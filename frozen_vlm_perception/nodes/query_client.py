@@ -11,6 +11,7 @@ question the node refuses comes back as a response with ``success`` false and a 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any
 DEFAULT_SERVICE = "/reasoning/query"
 DEFAULT_ACTION = "/reasoning/ask"
 NOT_THERE = "is the reasoning node running and active, in the same ROS_DOMAIN_ID?"
+_sessions = itertools.count()  # node names unique per call, also for concurrent calls from threads
 
 
 class QueryError(RuntimeError):
@@ -42,7 +44,7 @@ class _Session:
         self.rclpy = rclpy
         self.context = Context()
         rclpy.init(args=["fvp-query", "--ros-args", *ros_args], context=self.context)  # never sys.argv
-        self.node = rclpy.create_node(f"fvp_query_{os.getpid()}", context=self.context)
+        self.node = rclpy.create_node(f"fvp_query_{os.getpid()}_{next(_sessions)}", context=self.context)
 
     def __enter__(self) -> _Session:
         return self
@@ -51,7 +53,7 @@ class _Session:
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.context)
 
-    def spin_until(self, future, deadline: float, what: str) -> Any:
+    def spin_until(self, future, deadline: float, what: str, timeout: float) -> Any:
         from rclpy.executors import SingleThreadedExecutor
 
         executor = SingleThreadedExecutor(context=self.context)
@@ -60,7 +62,8 @@ class _Session:
             while not future.done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise QueryError(f"no answer from {what} within the timeout")
+                    raise QueryError(f"no answer from {what} within the timeout ({timeout:g} s): the node "
+                                     "may have stopped or crashed, or it is overloaded")
                 executor.spin_once(timeout_sec=min(remaining, 0.1))
         finally:
             executor.remove_node(self.node)
@@ -86,7 +89,7 @@ def query(
         if not client.wait_for_service(timeout_sec=max(deadline - time.monotonic(), 0.0)):
             raise QueryError(f"service {service} is not available ({NOT_THERE})")
         request = QueryScene.Request(question=question, stamp=_time_msg(stamp), max_new_tokens=max_new_tokens)
-        return session.spin_until(client.call_async(request), deadline, service)
+        return session.spin_until(client.call_async(request), deadline, service, timeout)
 
 
 def ask(
@@ -116,11 +119,11 @@ def ask(
             goal = AskScene.Goal(question=question, stamp=_time_msg(stamp), max_new_tokens=max_new_tokens)
             feedback = None if on_partial is None else (lambda msg: on_partial(msg.feedback.partial_answer))
             sent = client.send_goal_async(goal, feedback_callback=feedback)
-            handle = session.spin_until(sent, deadline, action)
+            handle = session.spin_until(sent, deadline, action, timeout)
             if not handle.accepted:
                 raise QueryError(f"{action} rejected the goal")
             try:
-                return session.spin_until(handle.get_result_async(), deadline, action).result
+                return session.spin_until(handle.get_result_async(), deadline, action, timeout).result
             except QueryError:
                 handle.cancel_goal_async()
                 raise

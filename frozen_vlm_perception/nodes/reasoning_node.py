@@ -52,9 +52,13 @@ from frozen_vlm_perception.nodes.common import (
     Counters,
     ParamSpec,
     apply_torch_threads,
+    check_topic_names,
     declare_parameters,
     delta,
     diagnostic_array,
+    free_cuda_cache,
+    is_out_of_memory,
+    log_transition_errors,
     parameter_values,
     resolve_model_dir,
     spin_lifecycle_main,
@@ -157,9 +161,11 @@ class ReasoningNode(LifecycleNode):
     # ----------------------------------------------------------------------------------------------
     # Lifecycle
 
+    @log_transition_errors
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._values = values = parameter_values(self, PARAMS)
+            check_topic_names(values, ("latents_topic", "activity_topic"))
             self._model_path = resolve_model_dir(values["model_dir"])
         except (ValueError, FileNotFoundError) as err:
             self.get_logger().error(f"configure failed: {err}")
@@ -199,6 +205,7 @@ class ReasoningNode(LifecycleNode):
         )
         return super().on_configure(state)
 
+    @log_transition_errors
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.pipeline is None and not self._load_model():
             return TransitionCallbackReturn.FAILURE
@@ -209,15 +216,18 @@ class ReasoningNode(LifecycleNode):
         self._worker.start()
         return super().on_activate(state)
 
+    @log_transition_errors
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release()
         return super().on_deactivate(state)
 
+    @log_transition_errors
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release()
         self._destroy_entities()
         return super().on_cleanup(state)
 
+    @log_transition_errors
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release()
         self._destroy_entities()
@@ -470,12 +480,21 @@ class ReasoningNode(LifecycleNode):
             except queue.Empty:
                 continue
             self._answering = True
+            out_of_memory = False
             try:
                 job.finish(self._answer(job, stop))
             except Exception as err:  # never leave a caller waiting
+                out_of_memory = is_out_of_memory(err)
+                if out_of_memory:
+                    self.counters.add("failed:oom")
+                    self.get_logger().error(f"out of memory while answering: {err}",
+                                            throttle_duration_sec=5.0)
                 job.finish(Outcome(False, f"failed: {type(err).__name__}: {err}"))
             finally:
                 self._answering = False
+            if out_of_memory:  # the traceback is gone by now: its tensors can be freed
+                pipeline = self.pipeline
+                free_cuda_cache(pipeline.device if pipeline is not None else None)
 
     def _answer(self, job: Job, stop: threading.Event) -> Outcome:
         pipeline = self.pipeline
@@ -521,12 +540,15 @@ class ReasoningNode(LifecycleNode):
         counts = self.counters.snapshot()
         new, self._last_counts = delta(counts, self._last_counts), counts
         with self._history_lock:
-            kept = len(self._history)
+            kept, activities = len(self._history), len(self._activities)
         latencies = list(self._latencies)
+        pipeline = self.pipeline
         values: list[tuple[str, Any]] = [
             ("state", "active" if self._active else "inactive"),
-            ("model_loaded", self.pipeline is not None),
+            ("model_loaded", pipeline is not None),
+            ("device", str(pipeline.device) if pipeline is not None else ""),
             ("scenes_kept", kept),
+            ("activities_kept", activities),
             ("questions_waiting", self._jobs.qsize()),
             ("answering", self._answering),
             ("period_scenes_received", new.get("scenes_received", 0)),

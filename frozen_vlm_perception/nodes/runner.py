@@ -133,6 +133,8 @@ def run_nodes(
                     node = _make_node(name, context=context, namespace=namespace, executor=executor)
                 except ParameterError as err:
                     raise RunnerError(str(err)) from None
+                except Exception as err:  # rcl/DDS refused the node, e.g. DDS security (fails closed)
+                    raise RunnerError(f"cannot create the {name} node: {err}") from err
                 created[name] = node
                 ex = (MultiThreadedExecutor(num_threads=2, context=context) if executor == "multi"
                       else SingleThreadedExecutor(context=context))

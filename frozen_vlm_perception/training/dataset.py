@@ -145,12 +145,10 @@ class EmbeddingDataset(torch.utils.data.Dataset):
 
 
 def default_cache_dir() -> Path:
-    """$FVP_CACHE_DIR/embeddings, else $XDG_CACHE_HOME or ~/.cache, /frozen_vlm_perception/embeddings."""
-    if os.environ.get("FVP_CACHE_DIR"):
-        return Path(os.environ["FVP_CACHE_DIR"]).expanduser() / "embeddings"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "frozen_vlm_perception" / "embeddings"
+    """<cache>/embeddings (see frozen_vlm_perception.paths.cache_dir)."""
+    from frozen_vlm_perception.paths import cache_dir
+
+    return cache_dir("embeddings")
 
 
 def load_embeddings(

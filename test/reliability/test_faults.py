@@ -1,0 +1,402 @@
+"""Faults a perception node meets when it runs for days: a peer process killed, an IMU that goes silent
+and a bag clock that jumps back, a bad model folder, the GPU out of memory.
+
+(a) and (b) run against the split system (perception and reasoning in two runner processes, over Fast
+DDS); (c) starts a runner of its own; (d) calls the node in this process (there is no GPU here, so
+out-of-memory is injected into the pipeline's encode).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from node_harness import ChildProcess, RosClient, call, start_runner
+from reliability_harness import BagLoop, count, fresh_diagnostics, grew, statuses, write_bag
+
+from frozen_vlm_perception.nodes.latency_probe import SensorStream
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is the person doing?"
+
+
+def stamp_ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+# --------------------------------------------------------------------------------------------------
+# (a) the reasoning node killed mid-answer
+
+
+def test_reasoning_killed_mid_answer_fails_clients_in_time_and_a_restart_serves(split, ros):
+    from frozen_vlm_perception.nodes.query_client import QueryError, query
+
+    timeout = 10.0
+    stream = SensorStream(ros.node, camera_hz=15.0, imu_hz=200.0, width=160, height=120).start()
+    try:
+        ros.labels.wait_for(lambda msgs: len(msgs) >= 5, timeout=30, since=time.time())
+        ros.diagnostics.wait_for(
+            lambda _: any(count(d, "scenes_kept") > 0 for d in statuses(ros, "reasoning")), timeout=20
+        )
+
+        # Three clients keep the reasoning worker busy (one answering, two waiting, the rest "busy")
+        # until each of them gets a failure; each records its calls as (start, end, outcome).
+        calls: list[list[tuple[float, float, str]]] = [[] for _ in range(3)]
+        stop = threading.Event()
+
+        def client(i: int) -> None:
+            while not stop.is_set():
+                start = time.monotonic()
+                try:
+                    reply = query(f"{QUESTION} ({i})", timeout=timeout, max_new_tokens=200)  # a long answer
+                    outcome = "answered" if reply.success else f"refused: {reply.message}"
+                except QueryError as err:
+                    calls[i].append((start, time.monotonic(), f"QueryError: {err}"))
+                    return
+                calls[i].append((start, time.monotonic(), outcome))
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(3)]
+        for t in threads:
+            t.start()
+        since = time.time()
+        ros.diagnostics.wait_for(
+            lambda _: any(d.get("answering") == "True" for d in statuses(ros, "reasoning", since)), timeout=30
+        )
+        split.reasoning.proc.kill()  # SIGKILL: no cleanup, no goodbye to DDS
+        split.reasoning.proc.wait(timeout=10)
+        killed = time.monotonic()
+        killed_wall = time.time()
+        # The command-line client, started now, says so with exit code 2 (node not reachable).
+        cli = ChildProcess(["-m", "frozen_vlm_perception.nodes.query_client", QUESTION, "--timeout", "5"])
+        for t in threads:
+            t.join(timeout=2 * timeout + 10)
+        stop.set()
+        assert not any(t.is_alive() for t in threads), "a client hangs after the reasoning node was killed"
+        for i, record in enumerate(calls):
+            start, end, outcome = record[-1]
+            assert outcome.startswith("QueryError"), (i, record)
+            assert end - start <= timeout + 3.0, f"client {i} waited {end - start:.1f} s, timeout {timeout}"
+            assert "within the timeout" in outcome or "not available" in outcome, outcome
+        in_flight = [r[-1] for r in calls if r[-1][0] < killed]
+        # The one being answered (and any queued behind it) was sent and never answered; clients that had
+        # not discovered the service yet when it died never see it ("not available").
+        unanswered = [r for r in in_flight if "within the timeout" in r[2]]
+        assert unanswered, f"no question was waiting for its answer when the node was killed: {calls}"
+        assert cli.proc.wait(timeout=40) == 2, cli.output
+        assert "error:" in cli.output
+        print(
+            f"\nkilled mid-answer: {len(unanswered)} question(s) sent and unanswered; last calls "
+            + "; ".join(f"{r[-1][2][:60]}... after {r[-1][1] - r[-1][0]:.1f} s" for r in calls)
+            + f"; earlier outcomes {[o[:20] for r in calls for _, _, o in r[:-1]]}; cli: {cli.output.strip()}"
+        )
+
+        # The perception node (the other process) never noticed: labels keep coming.
+        ros.labels.wait_for(lambda msgs: len(msgs) >= 10, timeout=20, since=killed_wall)
+
+        split.restart_reasoning()
+        ros.diagnostics.wait_for(
+            lambda _: any(count(d, "scenes_kept") > 0 for d in statuses(ros, "reasoning", time.time() - 1)),
+            timeout=20,
+        )
+        reply = query(QUESTION, timeout=60, max_new_tokens=12)
+        assert reply.success, reply.message
+        assert reply.answer.strip()
+        after_kill = len(ros.labels.messages(killed_wall))
+        print(
+            f"labels from the perception process since the kill: {after_kill}; restarted node answered "
+            f"{reply.answer!r} in {reply.latency:.2f} s"
+        )
+    finally:
+        stream.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# (b) the IMU silent for longer than a window, and the bag clock jumping back (a looping bag)
+
+
+def test_imu_gap_longer_than_a_window_and_a_looping_bag_clock(split, ros, tmp_path):
+    # 10 s recording, IMU missing from 3.5 s to 6.5 s (longer than the 2.54 s window); played at twice
+    # the speed and looped, so the stamps jump back 10 s at every loop.
+    gap = (3.5, 6.5)
+    bag = write_bag(tmp_path / "bag", seconds=10.0, camera_hz=15.0, imu_hz=100.0, imu_gaps=(gap,))
+    base = bag["base_ns"]
+
+    def rel(msg) -> float:
+        return (stamp_ns(msg.header.stamp) - base) * 1e-9
+
+    def passes(msgs) -> list[list]:
+        """Labels of the bag split where the stamps jump back (one list per pass)."""
+        out: list[list] = []
+        for m in msgs:
+            if not 0 <= rel(m) <= bag["seconds"]:
+                continue  # a label of a frame from before the bag
+            if not out or rel(m) < rel(out[-1][-1]):
+                out.append([])
+            out[-1].append(m)
+        return out
+
+    before = fresh_diagnostics(ros, "perception")
+    since = time.time()
+    with BagLoop(tmp_path / "bag", rate=2.0):
+        # Three passes seen = the second one (which began with a clock jump) was played in full.
+        ros.labels.wait_for(lambda msgs: len(passes(msgs)) >= 3, timeout=60, since=since)
+    after = fresh_diagnostics(ros, "perception")
+    received = [(t, m) for t, m in ros.labels.items if t >= since]
+    labels = [m for _, m in received]
+    second = passes(labels)[1]
+    sources = [(round(rel(m), 2), m.source) for m in second]
+
+    # Labels keep coming through the gap and across the jump: no hole of more than 2 s (rate 2: 1 s).
+    times = [t for t, m in received if 0 <= rel(m) <= bag["seconds"]]
+    assert max(np.diff(times)) < 2.0, f"labels stopped for {max(np.diff(times)):.1f} s"
+    # After the jump back the buffer starts over: vision-only until a window is covered, then fused.
+    assert any(m.source == "fused" and rel(m) < gap[0] for m in second), sources
+    # Inside the gap: vision-only. After the gap: fused again once the window no longer spans it.
+    in_gap = [m for m in second if gap[0] + 0.6 < rel(m) < gap[1]]
+    assert in_gap and {m.source for m in in_gap} == {"vision"}, sources
+    assert any(m.source == "fused" and rel(m) > gap[1] for m in second), sources
+
+    # /diagnostics tells the truth: every jump back is a clock reset, and each fallback has its reason.
+    loops = len(passes(labels)) - 1
+    resets = count(after, "drop:imu:clock_reset") - count(before, "drop:imu:clock_reset")
+    assert loops <= resets <= loops + 2, (loops, grew(before, after, "drop:"))
+    fallbacks = grew(before, after, "vision_fallback:")
+    for reason in ("imu_silent", "gap", "insufficient_coverage"):
+        assert fallbacks.get(f"vision_fallback:{reason}", 0) > 0, fallbacks
+    assert count(after, "frames_labelled") > count(before, "frames_labelled")
+    assert any(d["_message"].startswith("IMU unusable") for d in statuses(ros, "perception", since))
+    print(
+        f"\n{len(labels)} labels over {loops} loop(s), longest pause {max(np.diff(times)):.2f} s; "
+        f"clock resets {resets}; fallbacks {fallbacks}; sources in pass 2: "
+        f"{dict(zip(*np.unique([m.source for m in second], return_counts=True), strict=True))}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# (c) a corrupted or mismatched model folder: configure fails clearly, nothing half-started
+
+
+def bad_model_folders(model_dir, tmp_path) -> dict:
+    corrupted = tmp_path / "corrupted"
+    shutil.copytree(model_dir, corrupted)
+    weights = corrupted / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(model_dir, mismatched)
+    document = json.loads((mismatched / "config.json").read_text())
+    document["model"]["labels"] = ["sitting", "standing", "walking"]  # another head than the weights
+    (mismatched / "config.json").write_text(json.dumps(document))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    return {"corrupted": corrupted, "mismatched": mismatched, "file": weights, "empty": empty}
+
+
+def test_bad_checkpoint_fails_configure_cleanly_and_a_good_one_works(ros_env, model_dir, tmp_path):
+    from lifecycle_msgs.msg import State, Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    from frozen_vlm_perception_interfaces.msg import ActivityLabel
+
+    bad = bad_model_folders(model_dir, tmp_path)
+    params = {"perception": {"model_dir": str(bad["corrupted"]), "autostart": False, "torch_threads": 1}}
+    child = start_runner(tmp_path, params, "--nodes", "perception")  # ros_env: a domain of its own
+    client = RosClient("checkpoint_client")
+    stream = None
+    try:
+        node = client.node
+        change = node.create_client(ChangeState, "/perception/change_state")
+        get = node.create_client(GetState, "/perception/get_state")
+        setp = node.create_client(SetParameters, "/perception/set_parameters")
+        for c in (change, get, setp):
+            assert c.wait_for_service(timeout_sec=20)
+        labels = client.collect(ActivityLabel, "/perception/activity")
+
+        def configure_with(folder) -> tuple[bool, str]:
+            if folder is not None:
+                param = Parameter("model_dir", value=str(folder)).to_parameter_msg()
+                assert call(setp, SetParameters.Request(parameters=[param]), 10).results[0].successful
+            mark = len(child.lines)
+            ok = call(
+                change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)), 60
+            ).success
+            time.sleep(0.3)  # the log line may trail the response
+            return ok, "".join(child.lines[mark:])
+
+        expected = {
+            None: "is corrupted or not a safetensors file",  # the corrupted folder, from the params file
+            "mismatched": "does not match: num_labels: checkpoint 6, model 3",
+            "file": "is a file, not a model folder",
+            "empty": "a folder without config.json",
+        }
+        for name, message in expected.items():
+            ok, log = configure_with(None if name is None else bad[name])
+            assert not ok, f"{name}: configure succeeded"
+            assert "[ERROR]" in log and message in log, f"{name}: {log}"
+            state = call(get, GetState.Request(), 10).current_state.id
+            assert state == State.PRIMARY_STATE_UNCONFIGURED
+            # Nothing half-started: no publisher, no subscription, the process still there.
+            assert node.count_publishers("/perception/activity") == 0
+            assert node.count_subscribers("/camera/image_raw") == 0
+            assert child.proc.poll() is None
+
+        ok, log = configure_with(model_dir)
+        assert ok, log
+        deadline = time.monotonic() + 10  # the same graph query now sees the publisher (it can see)
+        while node.count_publishers("/perception/activity") == 0:
+            assert time.monotonic() < deadline, "no publisher after a good configure"
+            time.sleep(0.1)
+        activate = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))
+        assert call(change, activate, 30).success
+        assert call(get, GetState.Request(), 10).current_state.id == State.PRIMARY_STATE_ACTIVE
+        stream = SensorStream(node, camera_hz=15.0, imu_hz=200.0, width=160, height=120).start()
+        labels.wait_for(lambda msgs: len(msgs) >= 3, timeout=30)
+    finally:
+        if stream is not None:
+            stream.stop()
+        client.close()
+        assert child.stop() == 0, child.output[-3000:]
+
+
+def test_an_unexpected_error_mid_configure_is_logged_and_leaves_nothing_behind(ros_env, model_dir, capfd):
+    """rclpy turns an exception in a transition into ERROR silently; the node logs it and on_error
+    cleans up: no publisher, no subscription, no model; a later configure works."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+    from rclpy.parameter import Parameter
+
+    from frozen_vlm_perception.nodes.perception_node import PerceptionNode
+
+    context = Context()
+    rclpy.init(context=context)
+    node = PerceptionNode(context=context, parameter_overrides=[Parameter("model_dir", value=str(model_dir))])
+    try:
+        real = node.create_subscription
+        node.create_subscription = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no more handles"))
+        assert node.trigger_configure() == R.ERROR  # the publishers exist by then, the model is loaded
+        assert node.pipeline is None and node._pub_activity is None
+        assert [p.topic_name for p in node.publishers] == ["/parameter_events"] and not list(
+            node.subscriptions
+        )
+        log = capfd.readouterr().err
+        assert "on_configure failed: RuntimeError: no more handles" in log, log
+        node.create_subscription = real
+        assert node.trigger_configure() == R.SUCCESS
+        assert len(list(node.subscriptions)) == 2
+    finally:
+        node.release()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+# --------------------------------------------------------------------------------------------------
+# (d) GPU out of memory, injected
+
+
+def test_out_of_memory_is_counted_and_repeated_cuda_oom_falls_back_to_the_cpu(
+    ros_env, model_dir, monkeypatch, capfd
+):
+    import rclpy
+    import torch
+    from rclpy.context import Context
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+    from rclpy.parameter import Parameter
+
+    from frozen_vlm_perception.conversions import rgb_to_image
+    from frozen_vlm_perception.nodes.perception_node import PerceptionNode
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+
+    def fail_first(pipeline, times: int) -> list:
+        """Make the pipeline's next ``times`` encodes raise out-of-memory; returns the calls made."""
+        real, calls = pipeline.encode, []
+
+        def encode(*args, **kwargs):
+            calls.append(1)
+            if len(calls) <= times:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            return real(*args, **kwargs)
+
+        pipeline.encode = encode
+        return calls
+
+    def wait_until(predicate, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "condition not met in time"
+            time.sleep(0.02)
+
+    context = Context()
+    rclpy.init(context=context)
+    overrides = [
+        Parameter("model_dir", value=str(model_dir)),
+        Parameter("fusion.mode", value="vision"),
+        Parameter("device", value="cpu"),
+        Parameter("oom_cpu_fallback_after", value=3),
+    ]
+    node = PerceptionNode(context=context, parameter_overrides=overrides)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    stamp = [1.0]
+
+    def feed_one() -> None:
+        """One frame, taken by the worker before the next is fed (nothing superseded)."""
+        done = node.counters.get("frames_labelled") + node.counters.get("drop:inference_error:oom")
+        stamp[0] += 0.1
+        node._on_image(rgb_to_image(frame, stamp=stamp[0]))
+        wait_until(
+            lambda: (
+                node.counters.get("frames_labelled") + node.counters.get("drop:inference_error:oom") > done
+            )
+        )
+
+    try:
+        assert node.trigger_configure() == R.SUCCESS
+        assert node.trigger_activate() == R.SUCCESS
+
+        # On the CPU: two frames run out of memory; counted, logged, and the next frames are served.
+        fail_first(node.pipeline, 2)
+        for _ in range(4):
+            feed_one()
+        assert node.counters.get("drop:inference_error:oom") == 2
+        assert node.counters.get("frames_labelled") == 2
+        assert node.counters.get("drop:inference_error") == 0  # not lumped with other errors
+        assert node.pipeline.device.type == "cpu" and not emptied  # nothing to empty on the CPU
+        level, message, values = node.diagnostics()
+        assert level == "error" and "out of memory" in message
+        assert dict(values)["drop:inference_error:oom"] == 2
+
+        # "On CUDA" (the device is faked: no GPU here): every OOM empties the cache; the third in a row
+        # moves the model to the CPU, and frames are labelled again.
+        cuda_pipeline = node.pipeline
+        cuda_pipeline.device = torch.device("cuda")
+        fail_first(cuda_pipeline, 1000)
+        for _ in range(3):
+            feed_one()
+        wait_until(lambda: node.counters.get("device_fallback:cpu") == 1)
+        assert len(emptied) >= 3
+        assert node.pipeline is not cuda_pipeline and node.pipeline.device.type == "cpu"
+        labelled = node.counters.get("frames_labelled")
+        feed_one()
+        assert node.counters.get("frames_labelled") == labelled + 1
+        assert node.counters.get("drop:inference_error:oom") == 5
+        node.diagnostics()  # the period with the OOMs
+        feed_one()
+        level, message, values = node.diagnostics()
+        assert level == "warn" and "CPU after repeated out-of-memory" in message, message
+        assert dict(values)["device"] == "cpu" and dict(values)["device_fallback:cpu"] == 1
+    finally:
+        node.release()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    log = capfd.readouterr().err
+    assert "out of memory on cpu" in log and "out of memory on cuda" in log, log[-3000:]
+    assert "reloading the model on the CPU" in log, log[-3000:]

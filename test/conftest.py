@@ -58,3 +58,14 @@ _domain_counter = iter(range(1_000_000))
 
 def _next_domain_offset() -> int:
     return next(_domain_counter) * 7
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, torch_threads):
+    """An untrained model folder: the real frozen MobileNetV2, fresh trainable parts, SmolLM2 width."""
+    from frozen_vlm_perception.config import ModelConfig
+    from frozen_vlm_perception.pipeline import PerceptionPipeline
+
+    path = tmp_path_factory.mktemp("model")
+    PerceptionPipeline.from_config(ModelConfig(), device="cpu", lm_dim=576).save(path)
+    return path

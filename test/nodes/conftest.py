@@ -1,4 +1,4 @@
-"""Fixtures for the node tests: a ROS domain of this run's own, and a model folder."""
+"""Fixtures for the node tests: a ROS domain of this run's own (model_dir comes from test/conftest.py)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,3 @@ def ros_domain():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory, torch_threads):
-    """An untrained model folder: the real frozen MobileNetV2, fresh trainable parts, SmolLM2 width."""
-    from frozen_vlm_perception.config import ModelConfig
-    from frozen_vlm_perception.pipeline import PerceptionPipeline
-
-    path = tmp_path_factory.mktemp("model")
-    PerceptionPipeline.from_config(ModelConfig(), device="cpu", lm_dim=576).save(path)
-    return path

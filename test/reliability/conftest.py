@@ -30,17 +30,6 @@ def reliability_domain():
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory, torch_threads):
-    """An untrained model folder: the real frozen MobileNetV2, fresh trainable parts, SmolLM2 width."""
-    from frozen_vlm_perception.config import ModelConfig
-    from frozen_vlm_perception.pipeline import PerceptionPipeline
-
-    path = tmp_path_factory.mktemp("model")
-    PerceptionPipeline.from_config(ModelConfig(), device="cpu", lm_dim=576).save(path)
-    return path
-
-
-@pytest.fixture(scope="session")
 def split(model_dir, tmp_path_factory, reliability_domain):
     """``runner --nodes perception`` and ``runner --nodes reasoning``: two processes, started together."""
     from reliability_harness import SplitSystem

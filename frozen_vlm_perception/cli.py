@@ -1,6 +1,7 @@
 """`fvp`: the one user-facing command. Each subcommand is thin: flags -> config -> package code.
 
-Heavy imports (torch, rclpy) happen inside the subcommands so `fvp --help` is instant.
+The subcommands' own flags come from the modules that use them (one place for each flag); the
+work itself (models, rclpy) is imported only when a subcommand runs.
 """
 
 from __future__ import annotations
@@ -150,28 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_make_demo_bag_arguments(p: argparse.ArgumentParser) -> None:
-    try:
-        from frozen_vlm_perception.data.demo_bag import add_make_demo_bag_arguments
-    except ImportError:  # pragma: no cover - while the module is being written
-        p.add_argument("out")
-        return
+    from frozen_vlm_perception.data.demo_bag import add_make_demo_bag_arguments
+
     add_make_demo_bag_arguments(p)
 
 
 def _add_train_arguments(align: argparse.ArgumentParser, adapter: argparse.ArgumentParser) -> None:
-    try:
-        from frozen_vlm_perception.training.cli_args import add_adapter_arguments, add_align_arguments
-    except ImportError:  # pragma: no cover
-        return
+    from frozen_vlm_perception.training.cli_args import add_adapter_arguments, add_align_arguments
+
     add_align_arguments(align)
     add_adapter_arguments(adapter)
 
 
 def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    try:
-        from frozen_vlm_perception.evaluation.evaluate import add_eval_arguments
-    except ImportError:  # pragma: no cover
-        return
+    from frozen_vlm_perception.evaluation.evaluate import add_eval_arguments
+
     add_eval_arguments(p)
 
 

@@ -129,6 +129,31 @@ def log_transition_errors(callback):
     return wrapper
 
 
+class TeardownReleases:
+    """Lifecycle teardown both nodes share: cleanup, shutdown and error each stop the worker and
+    free the model (the node's ``release``), then destroy its publishers and subscriptions
+    (``_destroy_entities``). Mix in before LifecycleNode."""
+
+    @log_transition_errors
+    def on_cleanup(self, state):
+        self.release()
+        self._destroy_entities()
+        return super().on_cleanup(state)
+
+    @log_transition_errors
+    def on_shutdown(self, state):
+        self.release()
+        self._destroy_entities()
+        return super().on_shutdown(state)
+
+    def on_error(self, state):
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        self.release()
+        self._destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+
 def parameter_values(node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
     """Current values of ``specs``; raises ValueError naming the first one that is not acceptable."""
     values = {s.name: node.get_parameter(s.name).value for s in specs}

@@ -67,6 +67,7 @@ from frozen_vlm_perception.nodes.common import (
     RELIABILITY_CHOICES,
     Counters,
     ParamSpec,
+    TeardownReleases,
     apply_torch_threads,
     check_topic_names,
     dataclass_specs,
@@ -166,7 +167,7 @@ class LatestFrame:
             self._cond.notify_all()
 
 
-class PerceptionNode(LifecycleNode):
+class PerceptionNode(TeardownReleases, LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
         super().__init__(node_name, **kwargs)
         # Every parameter first, with its descriptor, before any publisher or subscription.
@@ -265,23 +266,6 @@ class PerceptionNode(LifecycleNode):
         self._stop_worker()
         self._release_model()
         return super().on_deactivate(state)
-
-    @log_transition_errors
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.release()
-        self._destroy_entities()
-        return super().on_cleanup(state)
-
-    @log_transition_errors
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.release()
-        self._destroy_entities()
-        return super().on_shutdown(state)
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.release()
-        self._destroy_entities()
-        return TransitionCallbackReturn.SUCCESS
 
     def release(self) -> None:
         """Stop the worker and free the model (safe in any state, also after rclpy shut down)."""

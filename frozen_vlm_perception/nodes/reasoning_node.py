@@ -51,6 +51,7 @@ from frozen_vlm_perception.nodes.common import (
     DEFAULT_MODEL_DIR,
     Counters,
     ParamSpec,
+    TeardownReleases,
     apply_torch_threads,
     check_topic_names,
     declare_parameters,
@@ -134,7 +135,7 @@ class Job:
             self.future.set_result(outcome)
 
 
-class ReasoningNode(LifecycleNode):
+class ReasoningNode(TeardownReleases, LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, *, blocking_waits: bool = False, **kwargs: Any):
         super().__init__(node_name, **kwargs)
         declare_parameters(self, PARAMS)
@@ -220,23 +221,6 @@ class ReasoningNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release()
         return super().on_deactivate(state)
-
-    @log_transition_errors
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.release()
-        self._destroy_entities()
-        return super().on_cleanup(state)
-
-    @log_transition_errors
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.release()
-        self._destroy_entities()
-        return super().on_shutdown(state)
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.release()
-        self._destroy_entities()
-        return TransitionCallbackReturn.SUCCESS
 
     def release(self) -> None:
         """Stop the worker, fail the questions still waiting, free the model (safe in any state)."""

@@ -53,17 +53,24 @@ class Preprocess:
         for frame in frames:
             if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
                 raise ValueError(f"frames must be uint8 RGB (H, W, 3), got {frame.dtype} {frame.shape}")
-            x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).float() / 255.0
-            height, width = x.shape[1:]
+            # (1, 3, H, W) as a view of the (H, W, 3) bytes: no copy before the resize.
+            x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
+            height, width = frame.shape[:2]
             scale = self.resize / min(height, width)
             size = (max(self.crop, round(height * scale)), max(self.crop, round(width * scale)))
-            x = F.interpolate(
-                x[None], size=size, mode=self.interpolation, antialias=True, align_corners=False
-            )[0]
+            if device.type == "cpu":
+                # Resizing the uint8 frame (torch's vectorised channels-last kernel) and converting only the
+                # crop is 5x faster than converting the whole camera frame to float first; the result
+                # differs by at most one grey level (1/255) from the float path.
+                x = F.interpolate(x, size=size, mode=self.interpolation, antialias=True, align_corners=False)
+                x = x.float() / 255.0
+            else:  # accelerators: upload the bytes, resize in float there
+                x = x.to(device).float() / 255.0
+                x = F.interpolate(x, size=size, mode=self.interpolation, antialias=True, align_corners=False)
             top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
-            x = x[:, top : top + self.crop, left : left + self.crop].clamp(0.0, 1.0)
+            x = x[0, :, top : top + self.crop, left : left + self.crop].clamp(0.0, 1.0)
             out.append((x - mean) / std)
-        return torch.stack(out)
+        return torch.stack(out).contiguous()
 
 
 class FrozenVisionEncoder(nn.Module):
@@ -103,7 +110,7 @@ class MobileNetV2Encoder(FrozenVisionEncoder):
         if config.pretrained:
             path = Path(config.weights) if config.weights else packaged_mobilenet_weights()
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        self.features = model.features
+        self.features = fold_batch_norms(model.features)
         self.classifier = model.classifier  # kept for ImageNet sanity checks (imagenet_logits)
         self.dim = 1280
         self.num_tokens = (config.image_size // 32) ** 2
@@ -207,6 +214,26 @@ def build_vision_encoder(config: VisionConfig, device: str | torch.device = "cpu
     config.validate()
     encoder = BACKENDS[config.backend](config=config)
     return encoder.to(device).freeze()
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a Conv2d in a Sequential into that convolution.
+
+    Valid only for a frozen network (eval-mode statistics never change again): the folded network
+    computes the same function (to float rounding, ~1e-5 here) with a third fewer layers, which made
+    MobileNetV2 16% faster on the CPU (docs/BENCHMARKS.md).
+    """
+    for name, child in module.named_children():
+        setattr(module, name, fold_batch_norms(child))
+    if not isinstance(module, nn.Sequential):
+        return module
+    layers, items = [], list(module)
+    while items:
+        layer = items.pop(0)
+        if isinstance(layer, nn.Conv2d) and items and isinstance(items[0], nn.BatchNorm2d):
+            layer = torch.nn.utils.fusion.fuse_conv_bn_eval(layer.eval(), items.pop(0).eval())
+        layers.append(layer)
+    return nn.Sequential(*layers)
 
 
 def packaged_mobilenet_weights() -> Path:

@@ -1,5 +1,11 @@
 """`fvp bench`: where the time goes, measured on this machine, printed as tables.
 
+Two parts. The pipeline part times each stage inside this process and the throughput against batch
+size, and the frozen LM's decoding speed. The system part (:mod:`frozen_vlm_perception.system_bench`,
+skipped with ``--no-system``) runs the real nodes in their own processes against a 30 Hz camera and
+200 Hz IMU stream and reports what ROS adds: ``ros_overhead_ratio``, ``answer_overhead_ratio``, and
+every process's peak memory.
+
 Stages are timed inside one process with the real frozen parts (MobileNetV2 with its ImageNet
 weights, SmolLM2-135M-Instruct). The trainable parts come from the model folder when there is
 one, else they are freshly initialised: their cost does not depend on their values.
@@ -151,7 +157,45 @@ def main_bench(args: argparse.Namespace) -> int:
             )
         )
         result.update(lm)
+    if not args.no_system:
+        result["system"] = run_system(args, pipeline, source)
+        headline = ("ros_overhead_ratio", "answer_overhead_ratio", "peak_rss_mb")
+        result.update({k: v for k, v in result["system"].items() if k in headline})
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     return 0
+
+
+def run_system(args: argparse.Namespace, pipeline: PerceptionPipeline, source: str) -> dict[str, Any]:
+    """The nodes against a live sensor stream (system_bench); needs a model folder the nodes can load."""
+    import tempfile
+
+    from frozen_vlm_perception.nodes.common import default_ros_domain
+    from frozen_vlm_perception.system_bench import SystemSettings, format_system, measure_system
+
+    default_ros_domain()
+    threads = args.node_threads if args.node_threads is not None else shipped_torch_threads()
+    with tempfile.TemporaryDirectory(prefix="fvp-bench-") as tmp:
+        model_dir = source
+        if not (Path(source) / "config.json").is_file():  # fresh trainable parts: save them for the nodes
+            model_dir = str(Path(tmp) / "model")
+            pipeline.save(model_dir)
+        settings = SystemSettings(
+            model_dir=model_dir, device=str(pipeline.device), torch_threads=threads, seconds=args.seconds,
+            camera_hz=args.camera_hz, imu_hz=args.imu_hz, questions=0 if args.no_lm else args.questions,
+        )
+        result = measure_system(settings, pipeline=pipeline, log=lambda line: print(line, flush=True))
+    print(format_system(result))
+    return result
+
+
+def shipped_torch_threads() -> int:
+    """The nodes' ``torch_threads`` in the shipped config/perception.yaml (what `fvp run` uses)."""
+    import yaml
+
+    from frozen_vlm_perception.nodes.common import package_file
+    from frozen_vlm_perception.nodes.runner import DEFAULT_PARAMS_FILE
+
+    document = yaml.safe_load(package_file(DEFAULT_PARAMS_FILE).read_text())
+    return int(document["/**/perception"]["ros__parameters"]["torch_threads"])

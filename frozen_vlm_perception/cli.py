@@ -125,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-lm", action="store_true", help="skip the language model")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the numbers as JSON")
+    p.add_argument("--no-system", action="store_true", help="skip the part that runs the real nodes")
+    p.add_argument("--seconds", type=float, default=20.0, help="system part: seconds of streaming measured")
+    p.add_argument("--camera-hz", type=float, default=30.0, help="system part: camera rate (640x480 rgb8)")
+    p.add_argument("--imu-hz", type=float, default=200.0, help="system part: IMU rate")
+    p.add_argument("--questions", type=int, default=3, help="system part: questions through the service")
+    p.add_argument(
+        "--node-threads", type=int, default=None,
+        help="torch threads per node (default: as config/perception.yaml)",
+    )
 
     p = add("run", "run the perception and reasoning nodes in this process (no `ros2 launch` needed)", _run)
     p.add_argument(

@@ -121,10 +121,10 @@ def run_demo(args: argparse.Namespace) -> int:
     bag = ensure_demo_bag(args.bag)
     manifest = read_demo_manifest(bag)
     truth = truth_lookup(manifest)
+    from frozen_vlm_perception.nodes.common import default_ros_domain
+
+    default_ros_domain()
     env = dict(os.environ)
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env.setdefault("ROS_DOMAIN_ID", str(50 + os.getpid() % 40))
-    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")})
 
     print(
         f"[demo] model {model_dir}, recording {bag} ({manifest['duration_s']:.0f} s, subjects "

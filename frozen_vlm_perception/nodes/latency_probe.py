@@ -89,6 +89,7 @@ class SensorStream:
         yy, xx = np.mgrid[0:height, 0:width]
         rgb = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
                         np.full_like(xx, 128)], axis=-1).astype(np.uint8)
+        self.rgb = rgb  # the frame every camera message carries
         self._image = rgb_to_image(rgb, stamp=0.0, frame_id="camera")  # one message, re-stamped each time
         self._imu_msg = Imu()
         self._imu_msg.header.frame_id = "imu"

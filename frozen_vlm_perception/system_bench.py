@@ -1,0 +1,414 @@
+"""The whole-system part of ``fvp bench``: what the ROS nodes add on top of the model and the wire.
+
+All in one run, with one synthetic sensor stream published from this process (camera frames stamped
+with the wall clock at publishing, IMU at its own rate):
+
+1. **transport**: a node that only echoes camera stamps (:mod:`.nodes.stamp_echo`) runs in a child
+   process; camera stamp -> echoed header received here is the bare transport of those images.
+2. **nodes**: the perception and reasoning nodes run as two child processes, as the launch file
+   starts them; camera stamp -> ``ActivityLabel`` received here is the label latency. While the
+   stream goes on, questions go through the ``QueryScene`` service one at a time.
+3. **reference**, once the children are gone: the same model in this process, with the nodes' torch
+   thread count, encodes the stream's frame with an IMU window (the pipeline's own encode time), and
+   the frozen LM answers each question about the very latents the reasoning node used (kept from
+   ``/perception/latents`` by stamp), so the answers must come out identical.
+
+``ros_overhead_ratio`` = label latency p50 / (encode p50 + transport p50): 1.0 means the nodes add
+nothing to model + transport. ``answer_overhead_ratio`` = service round trips / raw generate time
+for the same questions and scenes. Peak memory is each process's high-water resident set (VmHWM).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from frozen_vlm_perception.nodes.latency_probe import SensorStream, _percentiles
+
+QUESTION = "What is the person doing?"
+LATENTS_KEPT = 600  # scenes kept by stamp for the reference answers (20 s at 30 Hz)
+
+
+@dataclass
+class SystemSettings:
+    model_dir: str
+    device: str = "cpu"
+    torch_threads: int = 1  # per node process, as config/perception.yaml; the reference uses the same
+    seconds: float = 20.0  # measured streaming through the nodes (the transport phase gets half)
+    warmup_s: float = 4.0
+    camera_hz: float = 30.0
+    imu_hz: float = 200.0
+    width: int = 640
+    height: int = 480
+    questions: int = 3
+    max_new_tokens: int = 24
+    ready_timeout_s: float = 240.0  # a first start builds the LM's weight cache
+
+
+class Child:
+    """A child process that prints ``ready_line`` once up; its output is kept for error messages."""
+
+    def __init__(self, command: Sequence[str], ready_line: str, name: str):
+        self.name, self.ready_line = name, ready_line
+        self.log: list[str] = []
+        self.ready = threading.Event()
+        self.process = subprocess.Popen(
+            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.log.append(line.rstrip())
+            if line.startswith(self.ready_line):
+                self.ready.set()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready.wait(0.5):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = "\n".join(self.log[-30:])
+                raise RuntimeError(f"{self.name} did not come up (exit {self.process.poll()}):\n{tail}")
+
+    def peak_rss_mb(self) -> float | None:
+        """High-water resident set of the process so far (Linux VmHWM), None where unknown."""
+        return peak_rss_mb(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def peak_rss_mb(pid: int | str = "self") -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _runner(nodes: str, settings: SystemSettings) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "frozen_vlm_perception.nodes.runner",
+        "--nodes",
+        nodes,
+        "--ros-args",
+        "-p",
+        f"model_dir:={settings.model_dir}",
+        "-p",
+        f"device:={settings.device}",
+        "-p",
+        f"torch_threads:={settings.torch_threads}",
+        "--log-level",
+        "warn",
+    ]
+
+
+class Listener:
+    """This process's view: echoed stamps, labels and latents as they arrive (wall-clock receive times)."""
+
+    def __init__(self, node):
+        from rclpy.qos import QoSProfile
+        from std_msgs.msg import Header
+
+        from frozen_vlm_perception_interfaces.msg import ActivityLabel, SceneLatents
+
+        self.echoed: dict[int, float] = {}
+        self.labelled: dict[int, float] = {}
+        self.latents: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        node.create_subscription(Header, "/stamp_echo/stamps", self._on_echo, QoSProfile(depth=50))
+        node.create_subscription(ActivityLabel, "/perception/activity", self._on_label, QoSProfile(depth=50))
+        node.create_subscription(SceneLatents, "/perception/latents", self._on_latents, QoSProfile(depth=50))
+
+    @staticmethod
+    def _ns(stamp) -> int:
+        return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+    def _on_echo(self, msg) -> None:
+        self.echoed[self._ns(msg.stamp)] = time.time()
+
+    def _on_label(self, msg) -> None:
+        self.labelled[self._ns(msg.header.stamp)] = time.time()
+
+    def _on_latents(self, msg) -> None:
+        data = np.frombuffer(msg.data, dtype=np.float32).reshape(msg.num_latents, msg.dim).copy()
+        with self._lock:
+            self.latents[self._ns(msg.header.stamp)] = data
+            while len(self.latents) > LATENTS_KEPT:
+                self.latents.popitem(last=False)
+
+    def latents_at(self, stamp_ns: int) -> np.ndarray | None:
+        with self._lock:
+            return self.latents.get(stamp_ns)
+
+
+def _latency_between(published: dict[int, float], received: dict[int, float], t0: float, t1: float):
+    frames = {s: t for s, t in published.items() if t0 <= t <= t1}
+    latencies = [(received[s] - t) * 1000.0 for s, t in frames.items() if s in received]
+    return {
+        "frames_published": len(frames),
+        "frames_received": len(latencies),
+        "share_received": len(latencies) / max(len(frames), 1),
+        "latency_ms": _percentiles(latencies),
+    }
+
+
+def _ask(client, question: str, max_new_tokens: int, timeout_s: float = 120.0):
+    from frozen_vlm_perception_interfaces.srv import QueryScene
+
+    done = threading.Event()
+    start = time.perf_counter()
+    future = client.call_async(QueryScene.Request(question=question, max_new_tokens=max_new_tokens))
+    future.add_done_callback(lambda _: done.set())
+    done.wait(timeout_s)
+    return (future.result() if future.done() else None), (time.perf_counter() - start) * 1000.0
+
+
+def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dict[str, Any]:
+    """Run the three phases (module doc) and return every number as a dict.
+
+    ``pipeline``: the reference, already loaded from ``settings.model_dir`` (with its LM when questions
+    are asked); None loads it after the nodes are gone.
+    """
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+
+    from frozen_vlm_perception_interfaces.srv import QueryScene
+
+    result: dict[str, Any] = {"settings": asdict(settings)}
+    context = Context()
+    rclpy.init(args=["fvp-bench"], context=context)
+    node = rclpy.create_node(f"fvp_bench_{os.getpid()}", context=context)
+    listener = Listener(node)
+    query = node.create_client(QueryScene, "/reasoning/query")
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    stream = SensorStream(
+        node,
+        camera_hz=settings.camera_hz,
+        imu_hz=settings.imu_hz,
+        width=settings.width,
+        height=settings.height,
+    )
+    children: list[Child] = []
+    answers: list[tuple[Any, float]] = []
+    try:
+        stream.start()
+        transport_s = max(5.0, settings.seconds / 2)
+        log(f"[bench] transport: camera -> stamp echo node, {transport_s:.0f} s ...")
+        echo = Child(
+            [sys.executable, "-m", "frozen_vlm_perception.nodes.stamp_echo"],
+            "stamp_echo: ready",
+            "the stamp echo node",
+        )
+        children.append(echo)
+        echo.wait_ready(60.0)
+        time.sleep(settings.warmup_s)
+        t0 = time.time()
+        time.sleep(transport_s)
+        result["transport"] = _latency_between(stream.stamps(), listener.echoed, t0, time.time())
+        result.setdefault("peak_rss_mb", {})["stamp_echo"] = echo.peak_rss_mb()
+        echo.stop()
+
+        log(f"[bench] nodes: perception + reasoning (two processes), {settings.seconds:.0f} s ...")
+        from frozen_vlm_perception.nodes.runner import READY_LINE
+
+        perception = Child(_runner("perception", settings), READY_LINE, "the perception node")
+        reasoning = Child(_runner("reasoning", settings), READY_LINE, "the reasoning node")
+        children += [perception, reasoning]
+        perception.wait_ready(settings.ready_timeout_s)
+        reasoning.wait_ready(settings.ready_timeout_s)
+        time.sleep(settings.warmup_s)
+        t0 = time.time()
+        time.sleep(settings.seconds)
+        t1 = time.time()
+        result["labels"] = _latency_between(stream.stamps(), listener.labelled, t0, t1)
+        if settings.questions:
+            if not query.wait_for_service(timeout_sec=30.0):
+                raise RuntimeError("the reasoning node's /reasoning/query service did not appear")
+            log(
+                f"[bench] {settings.questions} question(s) through /reasoning/query while the sensors stream"
+            )
+            for _ in range(settings.questions):
+                answers.append(_ask(query, QUESTION, settings.max_new_tokens))
+            result["labels_while_answering"] = _latency_between(
+                stream.stamps(), listener.labelled, t1, time.time()
+            )
+        result["peak_rss_mb"].update(
+            perception_node=perception.peak_rss_mb(), reasoning_node=reasoning.peak_rss_mb()
+        )
+    finally:
+        stream.stop()
+        for child in children:
+            child.stop()
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+    log("[bench] reference: the same model and questions in this process ...")
+    result["reference"] = _reference(settings, pipeline, stream.rgb, answers, listener)
+    _ratios(result)
+    return result
+
+
+def _reference(
+    settings: SystemSettings, pipeline, frame: np.ndarray, answers, listener: Listener
+) -> dict[str, Any]:
+    """Encode and generate in this process, quiet, with the nodes' thread count."""
+    import torch
+
+    from frozen_vlm_perception.pipeline import PerceptionPipeline
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.torch_threads)
+    try:
+        if pipeline is None:
+            pipeline = PerceptionPipeline.from_model_dir(
+                settings.model_dir, device=settings.device, load_language=bool(answers)
+            )
+        if pipeline.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pipeline.device)
+        imu = pipeline.config.imu
+        window = np.random.default_rng(0).normal(size=(imu.window_samples, imu.channels)).astype(np.float32)
+        for _ in range(3):
+            pipeline.encode_one(frame, window)
+        encode_ms = []
+        for _ in range(30):
+            start = time.perf_counter()
+            pipeline.encode_one(frame, window)
+            encode_ms.append((time.perf_counter() - start) * 1000.0)
+        out: dict[str, Any] = {"encode_ms": _percentiles(encode_ms), "answers": []}
+        if answers:
+            pipeline.language.generate(None, QUESTION, max_new_tokens=4)  # warm-up
+        for response, round_trip_ms in answers:
+            entry: dict[str, Any] = {
+                "round_trip_ms": round_trip_ms,
+                "success": bool(response is not None and response.success),
+            }
+            if entry["success"]:
+                stamp = response.scene_stamp.sec * 1_000_000_000 + response.scene_stamp.nanosec
+                latents = listener.latents_at(stamp)
+                entry.update(answer=response.answer, server_latency_ms=1000.0 * response.latency)
+                if latents is not None:
+                    generation = pipeline.language.generate(
+                        torch.from_numpy(latents).to(pipeline.device),
+                        QUESTION,
+                        max_new_tokens=settings.max_new_tokens,
+                    )
+                    entry.update(
+                        raw_generate_ms=1000.0 * generation.seconds,
+                        tokens=generation.num_tokens,
+                        identical=generation.text.strip() == response.answer.strip(),
+                    )
+            elif response is not None:
+                entry["message"] = response.message
+            out["answers"].append(entry)
+        if pipeline.device.type == "cuda":
+            out["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(pipeline.device) / 2**20
+        out["peak_rss_mb"] = peak_rss_mb()
+        return out
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _ratios(result: dict[str, Any]) -> None:
+    labels = result["labels"]["latency_ms"]
+    transport = result["transport"]["latency_ms"]
+    encode = result["reference"]["encode_ms"]
+    if labels.get("n") and transport.get("n"):
+        result["ros_overhead_ratio"] = labels["p50"] / (encode["p50"] + transport["p50"])
+        result["ros_overhead_ratio_p99"] = labels["p99"] / (encode["p99"] + transport["p99"])
+    timed = [a for a in result["reference"]["answers"] if "raw_generate_ms" in a]
+    if timed:
+        result["answer_overhead_ratio"] = sum(a["round_trip_ms"] for a in timed) / sum(
+            a["raw_generate_ms"] for a in timed
+        )
+        result["answers_identical"] = all(a["identical"] for a in timed)
+
+
+def format_system(result: dict[str, Any]) -> str:
+    """The tables ``fvp bench`` prints for the system part."""
+    from frozen_vlm_perception.bench import format_table
+
+    nan = float("nan")
+    s = result["settings"]
+    lines = [
+        f"\n## Through the nodes ({s['camera_hz']:.0f} Hz camera {s['width']}x{s['height']} + "
+        f"{s['imu_hz']:.0f} Hz IMU, torch threads {s['torch_threads']} per node, device {s['device']})\n"
+    ]
+    rows = []
+    for name, key in (
+        ("camera -> stamp echo (transport)", "transport"),
+        ("camera -> ActivityLabel", "labels"),
+        ("camera -> ActivityLabel while answering", "labels_while_answering"),
+    ):
+        if key in result:
+            lat = result[key]["latency_ms"]
+            rows.append(
+                [
+                    name,
+                    f"{result[key]['share_received']:.0%}",
+                    lat.get("p50", nan),
+                    lat.get("p99", nan),
+                    lat.get("max", nan),
+                ]
+            )
+    encode = result["reference"]["encode_ms"]
+    rows.append(["pipeline encode (in process)", "-", encode["p50"], encode["p99"], encode["max"]])
+    lines.append(format_table(["path", "frames", "p50 ms", "p99 ms", "max ms"], rows))
+    timed = [a for a in result["reference"]["answers"] if "raw_generate_ms" in a]
+    if timed:
+        lines.append("\n## Answers: QueryScene round trip vs raw generate on the same latents\n")
+        lines.append(
+            format_table(
+                ["tokens", "service ms", "raw generate ms", "ratio", "same answer"],
+                [
+                    [
+                        a["tokens"],
+                        a["round_trip_ms"],
+                        a["raw_generate_ms"],
+                        a["round_trip_ms"] / a["raw_generate_ms"],
+                        "yes" if a["identical"] else "NO",
+                    ]
+                    for a in timed
+                ],
+            )
+        )
+    lines.append("\n## Ratios and memory\n")
+    rows = [
+        [name, result[name]]
+        for name in ("ros_overhead_ratio", "ros_overhead_ratio_p99", "answer_overhead_ratio")
+        if name in result
+    ]
+    peaks = {
+        **result.get("peak_rss_mb", {}),
+        "bench (reference models)": result["reference"].get("peak_rss_mb"),
+    }
+    rows += [[f"peak RSS MB: {name}", value] for name, value in peaks.items() if value is not None]
+    if "cuda_peak_allocated_mb" in result["reference"]:
+        rows.append(["peak CUDA allocated MB (reference)", result["reference"]["cuda_peak_allocated_mb"]])
+    lines.append(format_table(["measure", "value"], rows))
+    return "\n".join(lines)

@@ -188,15 +188,22 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
     """Run the three phases (module doc) and return every number as a dict.
 
     ``pipeline``: the reference, already loaded from ``settings.model_dir`` (with its LM when questions
-    are asked); None loads it after the nodes are gone.
+    are asked); None loads it here first.
     """
     import rclpy
+    import torch
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
 
+    from frozen_vlm_perception.nodes.runner import READY_LINE
+    from frozen_vlm_perception.pipeline import PerceptionPipeline
     from frozen_vlm_perception_interfaces.srv import QueryScene
 
-    result: dict[str, Any] = {"settings": asdict(settings)}
+    if pipeline is None:
+        pipeline = PerceptionPipeline.from_model_dir(
+            settings.model_dir, device=settings.device, load_language=settings.questions > 0
+        )
+    result: dict[str, Any] = {"settings": asdict(settings), "peak_rss_mb": {}, "reference": {}}
     context = Context()
     rclpy.init(args=["fvp-bench"], context=context)
     node = rclpy.create_node(f"fvp_bench_{os.getpid()}", context=context)
@@ -204,8 +211,7 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
     query = node.create_client(QueryScene, "/reasoning/query")
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    threading.Thread(target=executor.spin, daemon=True).start()
     stream = SensorStream(
         node,
         camera_hz=settings.camera_hz,
@@ -214,7 +220,8 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         height=settings.height,
     )
     children: list[Child] = []
-    answers: list[tuple[Any, float]] = []
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.torch_threads)  # every reference runs as the nodes do
     try:
         stream.start()
         transport_s = max(5.0, settings.seconds / 2)
@@ -230,12 +237,10 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         t0 = time.time()
         time.sleep(transport_s)
         result["transport"] = _latency_between(stream.stamps(), listener.echoed, t0, time.time())
-        result.setdefault("peak_rss_mb", {})["stamp_echo"] = echo.peak_rss_mb()
+        result["peak_rss_mb"]["stamp_echo"] = echo.peak_rss_mb()
         echo.stop()
 
         log(f"[bench] nodes: perception + reasoning (two processes), {settings.seconds:.0f} s ...")
-        from frozen_vlm_perception.nodes.runner import READY_LINE
-
         perception = Child(_runner("perception", settings), READY_LINE, "the perception node")
         reasoning = Child(_runner("reasoning", settings), READY_LINE, "the reasoning node")
         children += [perception, reasoning]
@@ -246,20 +251,23 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         time.sleep(settings.seconds)
         t1 = time.time()
         result["labels"] = _latency_between(stream.stamps(), listener.labelled, t0, t1)
+        answers: list[tuple[Any, float]] = []
         if settings.questions:
             if not query.wait_for_service(timeout_sec=30.0):
                 raise RuntimeError("the reasoning node's /reasoning/query service did not appear")
-            log(
-                f"[bench] {settings.questions} question(s) through /reasoning/query while the sensors stream"
-            )
-            for _ in range(settings.questions):
-                answers.append(_ask(query, QUESTION, settings.max_new_tokens))
+            log(f"[bench] {settings.questions} question(s) through /reasoning/query while the sensors stream")
+            answers = [_ask(query, QUESTION, settings.max_new_tokens) for _ in range(settings.questions)]
             result["labels_while_answering"] = _latency_between(
                 stream.stamps(), listener.labelled, t1, time.time()
             )
         result["peak_rss_mb"].update(
             perception_node=perception.peak_rss_mb(), reasoning_node=reasoning.peak_rss_mb()
         )
+        reasoning.stop()
+        if answers:
+            log("[bench] the same answers in this process, perception node and sensors still running ...")
+            result["reference"]["answers"] = [_answer_entry(*item) for item in answers]
+            _generate_reference(settings, pipeline, result["reference"]["answers"], listener, "loaded")
     finally:
         stream.stop()
         for child in children:
@@ -267,71 +275,73 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
+        torch.set_num_threads(previous_threads)
 
-    log("[bench] reference: the same model and questions in this process ...")
-    result["reference"] = _reference(settings, pipeline, stream.rgb, answers, listener)
+    log("[bench] the same encode and answers in this process, quiet ...")
+    torch.set_num_threads(settings.torch_threads)
+    try:
+        result["reference"]["encode_ms"] = _encode_reference(pipeline, stream.rgb)
+        if result["reference"].get("answers"):
+            _generate_reference(settings, pipeline, result["reference"]["answers"], listener, "quiet")
+        if pipeline.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(pipeline.device) / 2**20
+            result["reference"]["cuda_peak_allocated_mb"] = peak
+    finally:
+        torch.set_num_threads(previous_threads)
+    result["peak_rss_mb"]["bench_process"] = peak_rss_mb()
     _ratios(result)
     return result
 
 
-def _reference(
-    settings: SystemSettings, pipeline, frame: np.ndarray, answers, listener: Listener
-) -> dict[str, Any]:
-    """Encode and generate in this process, quiet, with the nodes' thread count."""
+def _encode_reference(pipeline, frame: np.ndarray, repeats: int = 30) -> dict[str, float]:
+    """The pipeline's own encode time: the stream's frame and an IMU window, in this process."""
+    imu = pipeline.config.imu
+    window = np.random.default_rng(0).normal(size=(imu.window_samples, imu.channels)).astype(np.float32)
+    for _ in range(3):
+        pipeline.encode_one(frame, window)
+    encode_ms = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        pipeline.encode_one(frame, window)
+        encode_ms.append((time.perf_counter() - start) * 1000.0)
+    return _percentiles(encode_ms)
+
+
+def _answer_entry(response, round_trip_ms: float) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "round_trip_ms": round_trip_ms,
+        "success": bool(response is not None and response.success),
+    }
+    if response is None:
+        entry["message"] = "no response in time"
+    elif not response.success:
+        entry["message"] = response.message
+    else:
+        stamp = response.scene_stamp
+        entry.update(
+            answer=response.answer,
+            server_latency_ms=1000.0 * response.latency,
+            stamp_ns=stamp.sec * 1_000_000_000 + stamp.nanosec,
+        )
+    return entry
+
+
+def _generate_reference(settings: SystemSettings, pipeline, entries, listener: Listener, condition: str):
+    """The frozen LM on the very latents each service answer used: adds ``raw_generate_<condition>_ms``."""
     import torch
 
-    from frozen_vlm_perception.pipeline import PerceptionPipeline
-
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.torch_threads)
-    try:
-        if pipeline is None:
-            pipeline = PerceptionPipeline.from_model_dir(
-                settings.model_dir, device=settings.device, load_language=bool(answers)
-            )
-        if pipeline.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(pipeline.device)
-        imu = pipeline.config.imu
-        window = np.random.default_rng(0).normal(size=(imu.window_samples, imu.channels)).astype(np.float32)
-        for _ in range(3):
-            pipeline.encode_one(frame, window)
-        encode_ms = []
-        for _ in range(30):
-            start = time.perf_counter()
-            pipeline.encode_one(frame, window)
-            encode_ms.append((time.perf_counter() - start) * 1000.0)
-        out: dict[str, Any] = {"encode_ms": _percentiles(encode_ms), "answers": []}
-        if answers:
-            pipeline.language.generate(None, QUESTION, max_new_tokens=4)  # warm-up
-        for response, round_trip_ms in answers:
-            entry: dict[str, Any] = {
-                "round_trip_ms": round_trip_ms,
-                "success": bool(response is not None and response.success),
-            }
-            if entry["success"]:
-                stamp = response.scene_stamp.sec * 1_000_000_000 + response.scene_stamp.nanosec
-                latents = listener.latents_at(stamp)
-                entry.update(answer=response.answer, server_latency_ms=1000.0 * response.latency)
-                if latents is not None:
-                    generation = pipeline.language.generate(
-                        torch.from_numpy(latents).to(pipeline.device),
-                        QUESTION,
-                        max_new_tokens=settings.max_new_tokens,
-                    )
-                    entry.update(
-                        raw_generate_ms=1000.0 * generation.seconds,
-                        tokens=generation.num_tokens,
-                        identical=generation.text.strip() == response.answer.strip(),
-                    )
-            elif response is not None:
-                entry["message"] = response.message
-            out["answers"].append(entry)
-        if pipeline.device.type == "cuda":
-            out["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(pipeline.device) / 2**20
-        out["peak_rss_mb"] = peak_rss_mb()
-        return out
-    finally:
-        torch.set_num_threads(previous_threads)
+    pipeline.language.generate(None, QUESTION, max_new_tokens=4)  # warm-up
+    for entry in entries:
+        latents = listener.latents_at(entry["stamp_ns"]) if entry["success"] else None
+        if latents is None:
+            continue
+        generation = pipeline.language.generate(
+            torch.from_numpy(latents).to(pipeline.device), QUESTION, max_new_tokens=settings.max_new_tokens
+        )
+        entry[f"raw_generate_{condition}_ms"] = 1000.0 * generation.seconds
+        entry["tokens"] = generation.num_tokens
+        same = generation.text.strip() == entry["answer"].strip()
+        entry["identical"] = entry.get("identical", True) and same
 
 
 def _ratios(result: dict[str, Any]) -> None:
@@ -341,11 +351,13 @@ def _ratios(result: dict[str, Any]) -> None:
     if labels.get("n") and transport.get("n"):
         result["ros_overhead_ratio"] = labels["p50"] / (encode["p50"] + transport["p50"])
         result["ros_overhead_ratio_p99"] = labels["p99"] / (encode["p99"] + transport["p99"])
-    timed = [a for a in result["reference"]["answers"] if "raw_generate_ms" in a]
+    timed = [a for a in result["reference"].get("answers", ()) if "raw_generate_quiet_ms" in a]
     if timed:
-        result["answer_overhead_ratio"] = sum(a["round_trip_ms"] for a in timed) / sum(
-            a["raw_generate_ms"] for a in timed
-        )
+        service = sum(a["round_trip_ms"] for a in timed)
+        # Against generate under the same load (perception node + sensors running): what the reasoning
+        # node adds. Against a quiet machine: that plus the CPU the perception node takes meanwhile.
+        result["answer_overhead_ratio"] = service / sum(a["raw_generate_loaded_ms"] for a in timed)
+        result["answer_overhead_ratio_quiet"] = service / sum(a["raw_generate_quiet_ms"] for a in timed)
         result["answers_identical"] = all(a["identical"] for a in timed)
 
 
@@ -357,57 +369,46 @@ def format_system(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
         f"\n## Through the nodes ({s['camera_hz']:.0f} Hz camera {s['width']}x{s['height']} + "
-        f"{s['imu_hz']:.0f} Hz IMU, torch threads {s['torch_threads']} per node, device {s['device']})\n"
+        f"{s['imu_hz']:.0f} Hz IMU, {s['torch_threads']} torch thread(s) per node, device {s['device']})\n"
     ]
     rows = []
-    for name, key in (
+    paths = (
         ("camera -> stamp echo (transport)", "transport"),
         ("camera -> ActivityLabel", "labels"),
         ("camera -> ActivityLabel while answering", "labels_while_answering"),
-    ):
+    )
+    for name, key in paths:
         if key in result:
-            lat = result[key]["latency_ms"]
-            rows.append(
-                [
-                    name,
-                    f"{result[key]['share_received']:.0%}",
-                    lat.get("p50", nan),
-                    lat.get("p99", nan),
-                    lat.get("max", nan),
-                ]
-            )
+            lat, share = result[key]["latency_ms"], result[key]["share_received"]
+            rows.append([name, f"{share:.0%}", lat.get("p50", nan), lat.get("p99", nan), lat.get("max", nan)])
     encode = result["reference"]["encode_ms"]
-    rows.append(["pipeline encode (in process)", "-", encode["p50"], encode["p99"], encode["max"]])
+    rows.append(["pipeline encode (in process, quiet)", "-", encode["p50"], encode["p99"], encode["max"]])
     lines.append(format_table(["path", "frames", "p50 ms", "p99 ms", "max ms"], rows))
-    timed = [a for a in result["reference"]["answers"] if "raw_generate_ms" in a]
+    timed = [a for a in result["reference"].get("answers", ()) if "raw_generate_quiet_ms" in a]
     if timed:
         lines.append("\n## Answers: QueryScene round trip vs raw generate on the same latents\n")
-        lines.append(
-            format_table(
-                ["tokens", "service ms", "raw generate ms", "ratio", "same answer"],
-                [
-                    [
-                        a["tokens"],
-                        a["round_trip_ms"],
-                        a["raw_generate_ms"],
-                        a["round_trip_ms"] / a["raw_generate_ms"],
-                        "yes" if a["identical"] else "NO",
-                    ]
-                    for a in timed
-                ],
-            )
-        )
+        headers = ["tokens", "service ms", "raw, same load ms", "raw, quiet ms", "ratio", "same answer"]
+        rows = [
+            [
+                a["tokens"],
+                a["round_trip_ms"],
+                a["raw_generate_loaded_ms"],
+                a["raw_generate_quiet_ms"],
+                a["round_trip_ms"] / a["raw_generate_loaded_ms"],
+                "yes" if a["identical"] else "NO",
+            ]
+            for a in timed
+        ]
+        lines.append(format_table(headers, rows))
     lines.append("\n## Ratios and memory\n")
-    rows = [
-        [name, result[name]]
-        for name in ("ros_overhead_ratio", "ros_overhead_ratio_p99", "answer_overhead_ratio")
-        if name in result
-    ]
-    peaks = {
-        **result.get("peak_rss_mb", {}),
-        "bench (reference models)": result["reference"].get("peak_rss_mb"),
-    }
-    rows += [[f"peak RSS MB: {name}", value] for name, value in peaks.items() if value is not None]
+    names = (
+        "ros_overhead_ratio",
+        "ros_overhead_ratio_p99",
+        "answer_overhead_ratio",
+        "answer_overhead_ratio_quiet",
+    )
+    rows = [[name, result[name]] for name in names if name in result]
+    rows += [[f"peak RSS MB: {name}", mb] for name, mb in result["peak_rss_mb"].items() if mb is not None]
     if "cuda_peak_allocated_mb" in result["reference"]:
         rows.append(["peak CUDA allocated MB (reference)", result["reference"]["cuda_peak_allocated_mb"]])
     lines.append(format_table(["measure", "value"], rows))

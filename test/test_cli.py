@@ -31,7 +31,9 @@ def test_help_lists_every_subcommand_with_a_line():
 
 def test_bench_writes_stage_timings_as_json(tmp_path, torch_threads):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--repeats", "2", "--batch-sizes", "1", "--no-lm", "--json", str(out)])
+    code = main(
+        ["bench", "--repeats", "2", "--batch-sizes", "1", "--no-lm", "--no-system", "--json", str(out)]
+    )
     assert code == 0
     numbers = json.loads(out.read_text())
     assert set(numbers["stages_ms"]) == {"preprocess", "vision", "imu", "fusion_resampler", "head"}

@@ -1,0 +1,42 @@
+"""`fvp bench`'s system part: the real nodes in their own processes against a live sensor stream.
+
+No timing is asserted (machines differ); what must hold is that every phase measured something, the
+ratios are computed from those measurements, and the answer through the service is the very answer
+the frozen LM gives in process for the same scene latents.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from frozen_vlm_perception.nodes.common import DEFAULT_MODEL_DIR, resolve_model_dir
+from frozen_vlm_perception.system_bench import SystemSettings, format_system, measure_system
+
+
+@pytest.mark.slow
+def test_system_bench_measures_every_phase(ros_env, torch_threads):
+    settings = SystemSettings(
+        model_dir=str(resolve_model_dir(DEFAULT_MODEL_DIR)),
+        seconds=4.0,
+        warmup_s=2.0,
+        camera_hz=15.0,
+        imu_hz=100.0,
+        width=320,
+        height=240,
+        questions=1,
+        max_new_tokens=6,
+    )
+    result = measure_system(settings, log=lambda line: None)
+
+    assert result["transport"]["frames_received"] > 0.5 * result["transport"]["frames_published"] > 0
+    assert result["labels"]["frames_received"] > 0
+    for name in ("ros_overhead_ratio", "answer_overhead_ratio", "answer_overhead_ratio_quiet"):
+        assert math.isfinite(result[name]) and result[name] > 0, name
+    (answer,) = result["reference"]["answers"]
+    assert answer["success"] and answer["answer"]
+    assert answer["identical"], answer  # service answer == in-process generate on the same latents
+    assert result["peak_rss_mb"]["perception_node"] > 100
+    assert result["peak_rss_mb"]["reasoning_node"] > result["peak_rss_mb"]["stamp_echo"]
+    assert "ros_overhead_ratio" in format_system(result)

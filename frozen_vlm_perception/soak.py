@@ -43,6 +43,8 @@ DEFAULT_SAMPLE_S = 5.0
 DEFAULT_QUESTION_S = 10.0
 # Second-half RSS slope above which memory counts as growing. A leak of 5 MB/min is 7 GB a day.
 DEFAULT_RSS_SLOPE_LIMIT_MB_PER_MIN = 5.0
+# Second-half median p99 over first-half median p99 above which the latency counts as creeping.
+LATENCY_GROWTH_LIMIT = 1.5
 READY_TIMEOUT_S = 240.0
 QUESTION = "What is the person doing?"
 QUESTION_TIMEOUT_S = 30.0
@@ -57,6 +59,7 @@ COLUMNS = (
     ("player_rss_mb", "{:13.1f}"),
     ("labels_per_s", "{:12.1f}"),
     ("latency_p50_ms", "{:14.1f}"),
+    ("latency_p99_ms", "{:14.1f}"),
     ("latency_max_ms", "{:14.1f}"),
     ("drops", "{:6d}"),
     ("superseded", "{:10d}"),
@@ -207,6 +210,7 @@ def sample_row(
         "player_rss_mb": rss_mb(player_pid),
         "labels_per_s": labels / period_s if period_s > 0 else 0.0,
         "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else float("nan"),
+        "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan"),
         "latency_max_ms": float(np.max(latencies)) if latencies else float("nan"),
         "drops": drops,
         "superseded": _int(perception, "drop:superseded"),
@@ -298,16 +302,22 @@ def verdict(
     }
     if stalled:
         problems.append(f"no labels in {len(stalled)} sample period(s), at t = {stalled}")
-    lat = [s["latency_p50_ms"] for s in samples if np.isfinite(s["latency_p50_ms"])]
-    details["latency_p50_ms"] = {
-        "first_half": float(
-            np.median([s["latency_p50_ms"] for s in first if np.isfinite(s["latency_p50_ms"])] or [np.nan])
-        ),
-        "second_half": float(
-            np.median([s["latency_p50_ms"] for s in second if np.isfinite(s["latency_p50_ms"])] or [np.nan])
-        ),
-        "max_p50": max(lat) if lat else float("nan"),
-    }
+    for key in ("latency_p50_ms", "latency_p99_ms"):
+        values = [s[key] for s in samples if np.isfinite(s[key])]
+        halves = [
+            float(np.median([s[key] for s in half if np.isfinite(s[key])] or [np.nan]))
+            for half in (first, second)
+        ]
+        details[key] = {
+            "first_half": halves[0],
+            "second_half": halves[1],
+            "max": max(values, default=np.nan),
+            "growth": halves[1] / halves[0] if halves[0] > 0 else float("nan"),
+        }
+    # A backlog shows as a tail that keeps growing: the second half's typical p99 well above the first's.
+    growth = details["latency_p99_ms"]["growth"]
+    if np.isfinite(growth) and growth > LATENCY_GROWTH_LIMIT:
+        problems.append(f"label latency p99 grew {growth:.2f}x from the first half to the second (backlog)")
     last = samples[-1]
     details["questions"] = {"asked": last["asked"], "answered": last["answered"]}
     if last["asked"] and not last["answered"]:

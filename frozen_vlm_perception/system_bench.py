@@ -21,19 +21,17 @@ for the same questions and scenes. Peak memory is each process's high-water resi
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from frozen_vlm_perception.nodes.latency_probe import SensorStream, _percentiles
+from frozen_vlm_perception.nodes.child import NodeProcess, peak_rss_mb, runner_command
+from frozen_vlm_perception.nodes.latency_probe import SensorStream, percentiles
 
 QUESTION = "What is the person doing?"
 LATENTS_KEPT = 600  # scenes kept by stamp for the reference answers (20 s at 30 Hz)
@@ -55,72 +53,13 @@ class SystemSettings:
     ready_timeout_s: float = 240.0  # a first start builds the LM's weight cache
 
 
-class Child:
-    """A child process that prints ``ready_line`` once up; its output is kept for error messages."""
-
-    def __init__(self, command: Sequence[str], ready_line: str, name: str):
-        self.name, self.ready_line = name, ready_line
-        self.log: list[str] = []
-        self.ready = threading.Event()
-        self.process = subprocess.Popen(
-            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.log.append(line.rstrip())
-            if line.startswith(self.ready_line):
-                self.ready.set()
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.ready.wait(0.5):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                tail = "\n".join(self.log[-30:])
-                raise RuntimeError(f"{self.name} did not come up (exit {self.process.poll()}):\n{tail}")
-
-    def peak_rss_mb(self) -> float | None:
-        """High-water resident set of the process so far (Linux VmHWM), None where unknown."""
-        return peak_rss_mb(self.process.pid)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-def peak_rss_mb(pid: int | str = "self") -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
 def _runner(nodes: str, settings: SystemSettings) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "frozen_vlm_perception.nodes.runner",
-        "--nodes",
+    return runner_command(
         nodes,
-        "--ros-args",
-        "-p",
-        f"model_dir:={settings.model_dir}",
-        "-p",
-        f"device:={settings.device}",
-        "-p",
-        f"torch_threads:={settings.torch_threads}",
-        "--log-level",
-        "warn",
-    ]
+        model_dir=settings.model_dir,
+        device=settings.device,
+        params=[f"torch_threads:={settings.torch_threads}"],
+    )
 
 
 class Listener:
@@ -169,7 +108,7 @@ def _latency_between(published: dict[int, float], received: dict[int, float], t0
         "frames_published": len(frames),
         "frames_received": len(latencies),
         "share_received": len(latencies) / max(len(frames), 1),
-        "latency_ms": _percentiles(latencies),
+        "latency_ms": percentiles(latencies),
     }
 
 
@@ -219,14 +158,14 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         width=settings.width,
         height=settings.height,
     )
-    children: list[Child] = []
+    children: list[NodeProcess] = []
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.torch_threads)  # every reference runs as the nodes do
     try:
         stream.start()
         transport_s = max(5.0, settings.seconds / 2)
         log(f"[bench] transport: camera -> stamp echo node, {transport_s:.0f} s ...")
-        echo = Child(
+        echo = NodeProcess(
             [sys.executable, "-m", "frozen_vlm_perception.nodes.stamp_echo"],
             "stamp_echo: ready",
             "the stamp echo node",
@@ -241,8 +180,8 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         echo.stop()
 
         log(f"[bench] nodes: perception + reasoning (two processes), {settings.seconds:.0f} s ...")
-        perception = Child(_runner("perception", settings), READY_LINE, "the perception node")
-        reasoning = Child(_runner("reasoning", settings), READY_LINE, "the reasoning node")
+        perception = NodeProcess(_runner("perception", settings), READY_LINE, "the perception node")
+        reasoning = NodeProcess(_runner("reasoning", settings), READY_LINE, "the reasoning node")
         children += [perception, reasoning]
         perception.wait_ready(settings.ready_timeout_s)
         reasoning.wait_ready(settings.ready_timeout_s)
@@ -304,7 +243,7 @@ def _encode_reference(pipeline, frame: np.ndarray, repeats: int = 30) -> dict[st
         start = time.perf_counter()
         pipeline.encode_one(frame, window)
         encode_ms.append((time.perf_counter() - start) * 1000.0)
-    return _percentiles(encode_ms)
+    return percentiles(encode_ms)
 
 
 def _answer_entry(response, round_trip_ms: float) -> dict[str, Any]:

@@ -57,3 +57,10 @@ def answer_names_label(answer: str, label: str, all_labels: Sequence[str]) -> bo
     named = names_in_answer(answer, all_labels)
     named = {n for n in named if not any(n != m and n in m and m in named for m in named)}
     return label in named and len(named) == 1
+
+
+def answer_names_activity_and_place(answer: str, label: str, place: str, all_labels: Sequence[str]) -> bool:
+    """True when the answer names ``label`` (as :func:`answer_names_label`) and the place's phrase."""
+    from frozen_vlm_perception.training.templates import place_phrase
+
+    return answer_names_label(answer, label, all_labels) and place_phrase(place).lower() in answer.lower()

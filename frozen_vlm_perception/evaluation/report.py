@@ -75,9 +75,43 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Latency per stage (median ms, batch 1)", "", "| stage | ms |", "|---|---|"]
         lines += [f"| {stage} | {ms:.1f} |" for stage, ms in latency.items()]
         lines.append("")
+    if report.get("through_ros"):
+        lines += through_ros_markdown(report["through_ros"])
     if report.get("drops"):
         lines += ["## Samples dropped while reading the bag", "", f"`{json.dumps(report['drops'])}`", ""]
     return "\n".join(lines)
+
+
+def through_ros_markdown(ros: dict[str, Any]) -> list[str]:
+    lat, qa = ros["latency_ms"], ros["qa"]
+    lines = [
+        "## Through the running nodes (--through-ros)",
+        "",
+        f"The bag's camera and IMU played into the perception and reasoning nodes (own processes); "
+        f"{ros['frames_published']} frames published, {ros['labels_received']} labelled "
+        f"({ros['share_labelled']:.0%}); the rest were superseded while the node was busy or dropped as "
+        f"counted below.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| accuracy of the published labels | {ros['accuracy']:.3f} ({ros['n_scored']} scored) |",
+        f"| macro-F1 | {ros['macro_f1']:.3f} |",
+        *(
+            f"| accuracy, source {src} | {a:.3f} ({ros['labels_by_source'][src]} labels) |"
+            for src, a in ros["accuracy_by_source"].items()
+        ),
+    ]
+    if lat.get("n"):
+        lines.append(
+            f"| label latency p50 / p99 / max ms (frame received -> label received) | "
+            f"{lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f} |"
+        )
+    if qa.get("asked"):
+        lines.append(f"| questions answered through QueryScene | {qa['answered']}/{qa['asked']} |")
+        lines.append(f"| answers naming the right activity | {qa['accuracy']:.3f} |")
+        lines.append(f"| place answers naming activity and place | {qa['activity_and_place_accuracy']:.3f} |")
+    lines += ["", f"Drops counted by the perception node: `{json.dumps(ros['node_drops'])}`", ""]
+    return lines
 
 
 def _pyplot():

@@ -44,7 +44,7 @@ from frozen_vlm_perception.nodes.runner import READY_LINE
 QUESTION = "What is the person doing?"
 
 
-def _percentiles(values_ms: Sequence[float]) -> dict[str, float]:
+def percentiles(values_ms: Sequence[float]) -> dict[str, float]:
     if not values_ms:
         return {"n": 0}
     v = np.asarray(values_ms, dtype=np.float64)
@@ -229,7 +229,7 @@ def probe(
                 latencies = [(received[s] - t) * 1000.0 for s, t in frames.items() if s in received]
                 return {"frames_published": len(frames), "frames_labelled": len(latencies),
                         "share_labelled": len(latencies) / max(len(frames), 1),
-                        "label_latency_ms": _percentiles(latencies)}
+                        "label_latency_ms": percentiles(latencies)}
 
             t0 = time.time()
             time.sleep(duration_s)
@@ -292,7 +292,7 @@ def _probe_questions(node, reasoning_periods: list[tuple[float, int]]) -> dict[s
         one.append(seconds * 1000.0)
         out["answer"] = response.answer if response is not None else None
         out["answer_server_latency_s"] = response.latency if response is not None else None
-    out["query_one_at_a_time_ms"] = _percentiles(one)
+    out["query_one_at_a_time_ms"] = percentiles(one)
 
     pair: list[tuple[bool, float]] = []
 
@@ -327,7 +327,7 @@ def _probe_questions(node, reasoning_periods: list[tuple[float, int]]) -> dict[s
     during = [n for t, n in reasoning_periods if started + 1.0 <= t <= started + generation_s]
     out["during_generation"] = {
         "generation_s": generation_s,
-        "get_state_ms": _percentiles(state_ms),
+        "get_state_ms": percentiles(state_ms),
         "scenes_per_diagnostics_period": during,
     }
     ask.destroy()

@@ -101,15 +101,29 @@ class Listener:
             return self.latents.get(stamp_ns)
 
 
-def _latency_between(published: dict[int, float], received: dict[int, float], t0: float, t1: float):
+def _latency_between(
+    published: dict[int, float], received: dict[int, float], t0: float, t1: float, windows: int = 1
+):
+    """Latency of the frames published in [t0, t1]; with ``windows`` > 1 also per equal time slice
+    (``over_time``: a backlog shows as a p99 that climbs from slice to slice)."""
     frames = {s: t for s, t in published.items() if t0 <= t <= t1}
     latencies = [(received[s] - t) * 1000.0 for s, t in frames.items() if s in received]
-    return {
+    out: dict[str, Any] = {
         "frames_published": len(frames),
         "frames_received": len(latencies),
         "share_received": len(latencies) / max(len(frames), 1),
         "latency_ms": percentiles(latencies),
     }
+    if windows > 1:
+        width = (t1 - t0) / windows
+        out["over_time"] = [
+            {
+                "start_s": i * width,
+                **_latency_between(published, received, t0 + i * width, t0 + (i + 1) * width),
+            }
+            for i in range(windows)
+        ]
+    return out
 
 
 def _ask(client, question: str, max_new_tokens: int, timeout_s: float = 120.0):
@@ -189,7 +203,7 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         t0 = time.time()
         time.sleep(settings.seconds)
         t1 = time.time()
-        result["labels"] = _latency_between(stream.stamps(), listener.labelled, t0, t1)
+        result["labels"] = _latency_between(stream.stamps(), listener.labelled, t0, t1, windows=5)
         answers: list[tuple[Any, float]] = []
         if settings.questions:
             if not query.wait_for_service(timeout_sec=30.0):
@@ -287,6 +301,9 @@ def _ratios(result: dict[str, Any]) -> None:
     labels = result["labels"]["latency_ms"]
     transport = result["transport"]["latency_ms"]
     encode = result["reference"]["encode_ms"]
+    slices = [w["latency_ms"] for w in result["labels"].get("over_time", ()) if w["latency_ms"].get("n")]
+    if len(slices) >= 2:
+        result["label_p99_growth"] = slices[-1]["p99"] / slices[0]["p99"]  # last slice over first
     if labels.get("n") and transport.get("n"):
         result["ros_overhead_ratio"] = labels["p50"] / (encode["p50"] + transport["p50"])
         result["ros_overhead_ratio_p99"] = labels["p99"] / (encode["p99"] + transport["p99"])
@@ -323,6 +340,20 @@ def format_system(result: dict[str, Any]) -> str:
     encode = result["reference"]["encode_ms"]
     rows.append(["pipeline encode (in process, quiet)", "-", encode["p50"], encode["p99"], encode["max"]])
     lines.append(format_table(["path", "frames", "p50 ms", "p99 ms", "max ms"], rows))
+    over_time = result["labels"].get("over_time", ())
+    if over_time:
+        lines.append("\n## Label latency over the measured run (a backlog would climb)\n")
+        rows = [
+            [
+                f"{w['start_s']:.0f}",
+                f"{w['share_received']:.0%}",
+                w["latency_ms"].get("p50", nan),
+                w["latency_ms"].get("p99", nan),
+                w["latency_ms"].get("max", nan),
+            ]
+            for w in over_time
+        ]
+        lines.append(format_table(["from s", "frames labelled", "p50 ms", "p99 ms", "max ms"], rows))
     timed = [a for a in result["reference"].get("answers", ()) if "raw_generate_quiet_ms" in a]
     if timed:
         lines.append("\n## Answers: QueryScene round trip vs raw generate on the same latents\n")

@@ -83,6 +83,28 @@ def time_language(pipeline: PerceptionPipeline, repeats: int, max_new_tokens: in
     }
 
 
+def time_vision_paths(pipeline: PerceptionPipeline, repeats: int) -> dict[str, float] | None:
+    """Median ms of the frozen vision network, eager vs its CPU fast path (None: no fast path here)."""
+    vision = pipeline.vision
+    fast = getattr(vision, "_cpu_features", ())
+    if not fast or pipeline.device.type != "cpu":
+        return None
+    frames, _ = synthetic_inputs(1, pipeline.config)
+    pixels = vision.preprocess(frames, pipeline.device)
+    out = {}
+    with torch.inference_mode():
+        for name, network in (("eager_ms", vision.features), ("prepacked_ms", fast[0])):
+            for _ in range(3):
+                network(pixels)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                network(pixels)
+                times.append((time.perf_counter() - start) * 1000.0)
+            out[name] = statistics.median(times)
+    return out
+
+
 def load_pipeline(model: str | None, device: str, with_language: bool) -> tuple[PerceptionPipeline, str]:
     folder = Path(model) if model else default_model_dir()
     if folder is not None and (folder / "config.json").is_file():
@@ -134,11 +156,22 @@ def main_bench(args: argparse.Namespace) -> int:
     ]
     print(format_table(["batch", "ms per batch", "ms per frame", "frames/s"], rows))
 
+    paths = time_vision_paths(pipeline, args.repeats)
+    if paths:
+        print("\n## Frozen vision network on the CPU: eager (batch norms folded) vs pre-packed for oneDNN\n")
+        print(
+            format_table(
+                ["eager ms", "pre-packed ms", "speed-up"],
+                [[paths["eager_ms"], paths["prepacked_ms"], paths["eager_ms"] / paths["prepacked_ms"]]],
+            )
+        )
+
     result: dict[str, Any] = {
         "device": str(pipeline.device),
         "model": source,
         "stages_ms": {name: single[name] for name in STAGES},
         "encode_total_ms": single["total"],
+        "vision_paths_ms": paths,
         "throughput": {
             str(b): {
                 "ms_per_batch": per_batch[b]["total"],
@@ -182,8 +215,13 @@ def run_system(args: argparse.Namespace, pipeline: PerceptionPipeline, source: s
             model_dir = str(Path(tmp) / "model")
             pipeline.save(model_dir)
         settings = SystemSettings(
-            model_dir=model_dir, device=str(pipeline.device), torch_threads=threads, seconds=args.seconds,
-            camera_hz=args.camera_hz, imu_hz=args.imu_hz, questions=0 if args.no_lm else args.questions,
+            model_dir=model_dir,
+            device=str(pipeline.device),
+            torch_threads=threads,
+            seconds=args.seconds,
+            camera_hz=args.camera_hz,
+            imu_hz=args.imu_hz,
+            questions=0 if args.no_lm else args.questions,
         )
         result = measure_system(settings, pipeline=pipeline, log=lambda line: print(line, flush=True))
     print(format_system(result))

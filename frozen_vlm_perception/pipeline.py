@@ -73,7 +73,7 @@ class PerceptionPipeline:
         self,
         *,
         config: ModelConfig,
-        vision: FrozenVisionEncoder,
+        vision: FrozenVisionEncoder | None,
         scene_model: SceneModel,
         language: Any | None = None,
         device: torch.device,
@@ -94,17 +94,26 @@ class PerceptionPipeline:
         *,
         device: str = "auto",
         load_language: bool = True,
+        load_vision: bool = True,
         fusion: FusionConfig | None = None,
     ) -> PerceptionPipeline:
-        """Load a trained model folder; the frozen parts come from their packages/paths in its config."""
+        """Load a trained model folder; the frozen parts come from their packages/paths in its config.
+
+        ``load_vision=False``: no frozen vision encoder (for answering only: the reasoning node gets
+        its scenes as latents, and the paper's ViT-L-14 would cost a GB for nothing); ``encode`` then
+        accepts IMU windows only.
+        """
         config, dims, _ = read_checkpoint_config(model_dir)
         if fusion is not None:
             fusion.validate()
             config = replace(config, fusion=fusion)
         torch_device = resolve_device(device)
-        vision = build_vision_encoder(config.vision, torch_device)
+        vision = build_vision_encoder(config.vision, torch_device) if load_vision else None
         scene_model = SceneModel(
-            config=config, vision_dim=vision.dim, vision_tokens=vision.num_tokens, lm_dim=dims["lm_dim"]
+            config=config,
+            vision_dim=vision.dim if vision is not None else dims["vision_dim"],
+            vision_tokens=vision.num_tokens if vision is not None else dims["vision_tokens"],
+            lm_dim=dims["lm_dim"],
         )
         check_compatible(where=model_dir, stored=config, stored_dims=dims, expected_dims=scene_model.dims)
         load_state_into(model_dir, scene_model)
@@ -194,6 +203,8 @@ class PerceptionPipeline:
         stage = self._stopwatch(timings)
         vision_tokens = vision_pooled = None
         if has_vision.any():
+            if self.vision is None:
+                raise RuntimeError("this pipeline was loaded without its vision encoder (load_vision=False)")
             with stage("preprocess"):
                 pixels = self.vision.preprocess([f for f in frames if f is not None], self.device)
             with stage("vision"):

@@ -73,3 +73,32 @@ def test_answer_uses_the_frozen_language_model(pipeline, language_model):
     scene = full.encode_one(skimage.data.coffee(), window(0))
     result = full.answer(scene, "What is the person doing?", max_new_tokens=8)
     assert isinstance(result.text, str) and 0 < result.num_tokens <= 8
+
+
+def test_without_vision_encoder_imu_scenes_match_and_frames_are_refused(model_dir, torch_threads):
+    full = PerceptionPipeline.from_model_dir(model_dir, device="cpu", load_language=False)
+    answering = PerceptionPipeline.from_model_dir(
+        model_dir, device="cpu", load_language=False, load_vision=False
+    )
+    assert answering.vision is None
+    np.testing.assert_allclose(
+        answering.encode_one(None, window(3), mode="imu").latents,
+        full.encode_one(None, window(3), mode="imu").latents,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(RuntimeError, match="load_vision=False"):
+        answering.encode_one(skimage.data.coffee(), window(3))
+
+
+def test_cpu_fast_path_computes_what_the_eager_network_does(pipeline):
+    """MobileNetV2 runs through TorchScript pre-packed for oneDNN on the CPU (1.8x): the same function."""
+    import torch
+
+    vision = pipeline.vision
+    assert vision._cpu_features, "the CPU fast path was not set up"
+    pixels = vision.preprocess([skimage.data.coffee(), skimage.data.chelsea()], torch.device("cpu"))
+    with torch.inference_mode():
+        fast_tokens, _ = vision.encode(pixels)
+        eager = vision.features(pixels).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(fast_tokens, eager, rtol=1e-4, atol=1e-4)

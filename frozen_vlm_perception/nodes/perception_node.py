@@ -30,7 +30,8 @@ out-of-memory error drops the frame (``drop:inference_error:oom``) and empties t
 Lifecycle: configure loads the model and creates the publishers and subscriptions; activate starts
 the worker (reloading the model if a deactivate released it); deactivate stops the worker and frees
 the model; cleanup and shutdown release everything. Parameters are read at configure, except
-``fusion.mode`` and ``fusion.alpha``, which apply to the next frame when changed.
+``fusion.mode`` and ``fusion.alpha``, which apply to the next frame when changed. Both default to
+the model folder's own values (``model`` / ``-1``): alpha is chosen on the model's validation split.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ from frozen_vlm_perception_interfaces.msg import ActivityLabel, SceneLatents
 
 NODE_NAME = "perception"
 
-_FUSION = FusionConfig()
+FROM_MODEL = "model"
+ALPHA_FROM_MODEL = -1.0
 _SYNC_DOCS = {
     "buffer_s": ("Seconds of IMU history kept for pairing.", (0.1, 3600.0)),
     "max_wait_s": ("Longest a frame waits for IMU samples up to its stamp before falling back.", (0.0, 10.0)),
@@ -112,10 +114,13 @@ PARAMS: list[ParamSpec] = [
               "directory, then in the package's data folder. Read at configure."),
     ParamSpec("device", "auto", "Torch device: auto (CUDA when available), cpu, cuda, cuda:1, ..."),
     torch_threads_spec(),
-    ParamSpec("fusion.mode", _FUSION.mode, "fused: camera + IMU; vision: camera only; imu: IMU only "
-              "(camera frames then only give the timing).", choices=FUSION_MODES),
-    ParamSpec("fusion.alpha", _FUSION.alpha, "Weight of vision in the fusion; the IMU gets 1 - alpha.",
-              (0.0, 1.0)),
+    # Fusion belongs to the model (alpha is chosen on its validation split): the node takes the model
+    # folder's values unless these are set to something else.
+    ParamSpec("fusion.mode", FROM_MODEL, "model: the model folder's mode; fused: camera + IMU; vision: "
+              "camera only; imu: IMU only (camera frames then only give the timing).",
+              choices=(FROM_MODEL, *FUSION_MODES)),
+    ParamSpec("fusion.alpha", ALPHA_FROM_MODEL, "Weight of vision in the fusion (the IMU gets 1 - alpha); "
+              f"{ALPHA_FROM_MODEL:g}: the model folder's alpha.", (ALPHA_FROM_MODEL, 1.0)),
     ParamSpec("camera.topic", "/camera/image_raw", "sensor_msgs/Image input."),
     ParamSpec("camera.qos_depth", 2, "Keep-last depth of the camera subscription.", (1, 1000)),
     ParamSpec("camera.qos_reliability", "reliable", "Camera subscription reliability (best_effort for "
@@ -179,7 +184,9 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         self._values: dict[str, Any] = {}
         self._imu_config: ImuConfig | None = None
         self._sync: SyncConfig | None = None
-        self._fusion = FusionConfig()
+        self._fusion = FusionConfig()  # what the worker runs; the model's values once configured
+        self._fusion_request = {"mode": self.get_parameter("fusion.mode").value,
+                                "alpha": self.get_parameter("fusion.alpha").value}
         self._model_path = None
         self._imu: ImuBuffer | None = None
         self._imu_event = threading.Event()  # set by every accepted IMU sample
@@ -208,16 +215,22 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
             check_topic_names(values, ("camera.topic", "imu.topic"))
             self._sync = from_dict(SyncConfig, section(values, "sync"), where="sync")
             self._sync.validate()
-            fusion = from_dict(FusionConfig, section(values, "fusion"), where="fusion")
-            fusion.validate()
             self._model_path = resolve_model_dir(values["model_dir"])
         except (ValueError, ConfigError, FileNotFoundError) as err:
             self.get_logger().error(f"configure failed: {err}")
             return TransitionCallbackReturn.FAILURE
-        self._values, self._fusion = values, fusion
+        self._values = values
+        self._fusion_request = {"mode": values["fusion.mode"], "alpha": values["fusion.alpha"]}
         apply_torch_threads(self, values["torch_threads"])
         if not self._load_model():
             return TransitionCallbackReturn.FAILURE
+        try:
+            self._fusion = effective_fusion(self._fusion_request, self.pipeline.config.fusion)
+        except ConfigError as err:
+            self.get_logger().error(f"configure failed: {err}")
+            self._release_model()
+            return TransitionCallbackReturn.FAILURE
+        fusion = self._fusion
         self._imu = ImuBuffer.from_config(self._imu_config, self._sync)
 
         self._pub_activity = self.create_lifecycle_publisher(ActivityLabel, "~/activity", 10)
@@ -240,7 +253,7 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         )
         self._diag_timer = self.create_timer(values["diagnostics_period_s"], self._publish_diagnostics)
         self.get_logger().info(
-            f"configured: model {self._model_path}, mode {fusion.mode}, camera "
+            f"configured: model {self._model_path}, fusion {fusion.mode} alpha {fusion.alpha:g}, camera "
             f"{self._sub_camera.topic_name}, imu {self._sub_imu.topic_name}"
         )
         return super().on_configure(state)
@@ -278,7 +291,7 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         start = time.perf_counter()
         try:
             self.pipeline = PerceptionPipeline.from_model_dir(
-                self._model_path, device=self._values["device"], load_language=False, fusion=self._fusion
+                self._model_path, device=self._values["device"], load_language=False
             )
         except Exception as err:  # wrong shapes, missing weights, bad device: say it, stay unconfigured
             self.get_logger().error(f"cannot load the model from {self._model_path}: {err}")
@@ -332,19 +345,21 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Refuse values outside their choices; fusion settings take effect on the next frame."""
         spec = {s.name: s for s in PARAMS}
-        fusion = {"mode": self._fusion.mode, "alpha": self._fusion.alpha}
+        request = dict(self._fusion_request)
         for param in params:
             if param.name in spec:
                 problem = spec[param.name].check(param.value)
                 if problem:
                     return SetParametersResult(successful=False, reason=problem)
             if param.name.startswith("fusion."):
-                fusion[param.name.split(".", 1)[1]] = param.value
-        candidate = FusionConfig(**fusion)
+                request[param.name.split(".", 1)[1]] = param.value
+        pipeline = self.pipeline
+        model_fusion = pipeline.config.fusion if pipeline is not None else FusionConfig()
         try:
-            candidate.validate()
+            candidate = effective_fusion(request, model_fusion)
         except ConfigError as err:
             return SetParametersResult(successful=False, reason=str(err))
+        self._fusion_request = request
         self._fusion = candidate  # one attribute swap: the worker reads a consistent pair
         return SetParametersResult(successful=True)
 
@@ -416,7 +431,7 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
 
         try:
             cpu = PerceptionPipeline.from_model_dir(
-                self._model_path, device="cpu", load_language=False, fusion=self._fusion
+                self._model_path, device="cpu", load_language=False
             )
         except Exception as load_err:  # e.g. the host is out of memory too
             self.counters.add("device_fallback_failed")
@@ -549,6 +564,7 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
             ("model_loaded", pipeline is not None),
             ("device", str(pipeline.device) if pipeline is not None else ""),
             ("fusion_mode", self._fusion.mode),
+            ("fusion_alpha", self._fusion.alpha),
             # Bounded buffers, reported so that a soak test can see that they stay bounded.
             ("imu_buffer_samples", len(imu) if imu is not None else 0),
             ("period_frames_received", received),
@@ -580,6 +596,17 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         if self._pub_diagnostics is not None:
             self._pub_diagnostics.publish(diagnostic_array(
                 self.get_clock().now().to_msg(), f"{self.get_name()}: perception", level, message, values))
+
+
+def effective_fusion(request: dict[str, Any], model: FusionConfig) -> FusionConfig:
+    """The fusion the node runs: the requested mode/alpha, or the model folder's where the request
+    says FROM_MODEL / ALPHA_FROM_MODEL. Raises ConfigError when the result is not valid."""
+    fusion = FusionConfig(
+        mode=model.mode if request["mode"] == FROM_MODEL else request["mode"],
+        alpha=model.alpha if request["alpha"] == ALPHA_FROM_MODEL else float(request["alpha"]),
+    )
+    fusion.validate()
+    return fusion
 
 
 def _floats(values: np.ndarray) -> array.array:

@@ -242,7 +242,7 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         start = time.perf_counter()
         try:
             self.pipeline = PerceptionPipeline.from_model_dir(
-                self._model_path, device=self._values["device"], load_language=True
+                self._model_path, device=self._values["device"], load_language=True, load_vision=False
             )
         except Exception as err:  # missing LM files, shape mismatch, bad device: say it, stay unconfigured
             self.get_logger().error(f"cannot load the model from {self._model_path}: {err}")

@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from frozen_vlm_perception.evaluation.through_ros import Observed, Truth, evaluate_through_ros, score
+from frozen_vlm_perception.evaluation.through_ros import Observed, Truth, score
 from frozen_vlm_perception.nodes.common import DEFAULT_MODEL_DIR, resolve_model_dir
-from frozen_vlm_perception.training.config import DataConfig
 
 LABELS = ("walking", "standing", "sitting")
 
@@ -39,21 +38,38 @@ def test_score_counts_matches_misses_and_strays():
 
 
 @pytest.mark.slow
-def test_bag_played_into_the_nodes_is_scored(tmp_path, ros_env):
+def test_fvp_eval_writes_the_report_and_scores_the_nodes(tmp_path, ros_env):
+    """`fvp eval --through-ros` on a small real bag: every documented report key, the PNGs, and the
+    labels the running nodes published for the played frames."""
+    import json
+
+    from frozen_vlm_perception.cli import main
     from frozen_vlm_perception.data.demo_bag import make_small_bag
 
-    bag = tmp_path / "bag"
+    bag, out = tmp_path / "bag", tmp_path / "report"
     make_small_bag(bag, seconds=10.0, num_segments=2, camera_rate_hz=10.0, image_width=96, image_height=72)
-    section = evaluate_through_ros(
-        data=DataConfig(bag=str(bag)),
-        model_dir=resolve_model_dir(DEFAULT_MODEL_DIR),
-        device="cpu",
-        questions=1,
-        log=lambda line: None,
-    )
-    assert section["frames_published"] == section["frames_in_bag"] > 0
-    assert section["labels_received"] > 0.3 * section["frames_published"]
-    assert section["n_scored"] > 0 and 0.0 <= section["accuracy"] <= 1.0
-    assert section["labels_not_matching_a_frame"] == 0  # every label carries a played frame's stamp
-    assert section["latency_ms"]["n"] > 0
-    assert section["qa"]["asked"] >= 1 and section["qa"]["answered"] >= 1
+    code = main([
+        "eval", "--bag", str(bag), "--model", str(resolve_model_dir(DEFAULT_MODEL_DIR)), "--out", str(out),
+        "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--qa-samples", "2",
+        "--tsne-samples", "30", "--latency-frames", "3", "--no-progress",
+        "--through-ros", "--ros-questions", "1",
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_samples"] > 0
+    for key in ("accuracy", "macro_f1"):
+        assert set(report[key]) == {"vision", "imu", "fused"}
+        assert all(0.0 <= v <= 1.0 for v in report[key].values())
+    assert {"imu_to_image_r1", "imu_to_image_r5"} <= set(report["retrieval"])
+    assert 0.0 <= report["qa"]["accuracy"] <= 1.0 and report["latency_ms"]["total"] > 0
+    for name in ("report.md", "confusion_fused.png", "alpha_sweep.png", "tsne.png"):
+        assert (out / name).is_file(), name
+
+    ros = report["through_ros"]
+    assert ros["frames_published"] == ros["frames_in_bag"] > 0
+    assert ros["labels_received"] > 0.3 * ros["frames_published"]
+    assert ros["n_scored"] > 0 and 0.0 <= ros["accuracy"] <= 1.0
+    assert ros["labels_not_matching_a_frame"] == 0  # every label carries a played frame's stamp
+    assert ros["latency_ms"]["n"] > 0
+    assert ros["qa"]["asked"] >= 1 and ros["qa"]["answered"] >= 1
+    assert "Through the running nodes" in (out / "report.md").read_text()

@@ -44,6 +44,21 @@ def test_batched_equals_one_by_one(vision_encoder):
     torch.testing.assert_close(batched, singles, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("height, width", [(120, 160), (480, 640), (300, 200)])
+def test_preprocessing_is_torchvisions_float_reference(vision_encoder, height, width):
+    """Resize (antialiased, in float), centre crop, normalise, as the ImageNet weights expect; the
+    trained heads were fitted on exactly this. Resizing in uint8 instead moved embeddings by 5%."""
+    import torchvision.transforms.v2.functional as TF
+
+    frame = np.random.default_rng(height).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    pre = vision_encoder.preprocess
+    reference = torch.from_numpy(frame).permute(2, 0, 1).float() / 255.0
+    reference = TF.resize(reference, [pre.resize], antialias=True)
+    reference = TF.center_crop(reference, [pre.crop]).clamp(0.0, 1.0)
+    reference = TF.normalize(reference, list(pre.mean), list(pre.std))
+    torch.testing.assert_close(pre([frame], torch.device("cpu"))[0], reference, rtol=0, atol=1e-5)
+
+
 def test_encoder_stays_frozen(vision_encoder):
     vision_encoder.train()
     assert not vision_encoder.training

@@ -109,7 +109,9 @@ def test_parameter_defaults_come_from_the_config_dataclasses():
     specs = {s.name: s.default for s in perception_node.PARAMS}
     for field in dataclasses.fields(SyncConfig):
         assert specs[f"sync.{field.name}"] == getattr(SyncConfig(), field.name)
-    assert specs["fusion.mode"] == FusionConfig().mode and specs["fusion.alpha"] == FusionConfig().alpha
+    # Fusion is the model folder's unless set: the defaults say so rather than repeat FusionConfig's.
+    assert specs["fusion.mode"] == perception_node.FROM_MODEL
+    assert specs["fusion.alpha"] == perception_node.ALPHA_FROM_MODEL
     reasoning = {s.name: s.default for s in reasoning_node.PARAMS}
     assert reasoning["max_new_tokens"] == LanguageConfig().max_new_tokens
 
@@ -150,3 +152,15 @@ def test_params_dicts_become_ros_parameter_files(tmp_path):
     document = yaml.safe_load(Path(path).read_text())
     assert document == {"/**/perception": {"ros__parameters": {"sync": {"max_wait_s": 0.1}}},
                         "/robot/reasoning": {"ros__parameters": {"queue_size": 3}}}
+
+
+def test_effective_fusion_takes_the_model_values_unless_set():
+    from frozen_vlm_perception.config import ConfigError
+
+    model = FusionConfig(mode="fused", alpha=0.3)
+    effective = perception_node.effective_fusion
+    assert effective({"mode": "model", "alpha": -1.0}, model) == model
+    assert effective({"mode": "vision", "alpha": -1.0}, model) == FusionConfig(mode="vision", alpha=0.3)
+    assert effective({"mode": "model", "alpha": 0.8}, model) == FusionConfig(mode="fused", alpha=0.8)
+    with pytest.raises(ConfigError):
+        effective({"mode": "both", "alpha": -1.0}, model)

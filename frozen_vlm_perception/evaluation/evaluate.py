@@ -261,7 +261,8 @@ def answer_questions(
 
 
 def measure_latency(pipeline: PerceptionPipeline, data: DataConfig, frames: int) -> dict[str, float]:
-    """Median per-stage ms of ``pipeline.encode_one`` on the first real frames (and windows) of the bag."""
+    """Median per-stage ms of ``pipeline.encode_one`` on the bag's first real frames that have an IMU
+    window (the frames of the first window length have none and would time the vision path only)."""
     if frames <= 0:
         return {}
     paired = read_paired_samples(
@@ -271,16 +272,20 @@ def measure_latency(pipeline: PerceptionPipeline, data: DataConfig, frames: int)
         label_topic=None,
         imu_config=pipeline.config.imu,
         sync_config=SyncConfig(),
-        limit=frames + 2,
     )
     timings: dict[str, list[float]] = {}
-    for i, sample in enumerate(paired):
-        window = sample.imu_window.data if sample.imu_window is not None else None
-        scene = pipeline.encode_one(sample.frame, window)
-        if i < 2:
-            continue  # warm-up
+    warm_up = 2
+    for sample in paired:
+        if sample.imu_window is None:
+            continue
+        scene = pipeline.encode_one(sample.frame, sample.imu_window.data)
+        if warm_up:
+            warm_up -= 1
+            continue
         for stage, ms in scene.timings_ms.items():
             timings.setdefault(stage, []).append(ms)
+        if len(timings.get("head", ())) >= frames:
+            break
     medians = {stage: statistics.median(values) for stage, values in timings.items()}
     if medians:
         medians["total"] = sum(medians.values())

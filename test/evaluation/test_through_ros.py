@@ -61,7 +61,8 @@ def test_fvp_eval_writes_the_report_and_scores_the_nodes(tmp_path, ros_env):
         assert set(report[key]) == {"vision", "imu", "fused"}
         assert all(0.0 <= v <= 1.0 for v in report[key].values())
     assert {"imu_to_image_r1", "imu_to_image_r5"} <= set(report["retrieval"])
-    assert 0.0 <= report["qa"]["accuracy"] <= 1.0 and report["latency_ms"]["total"] > 0
+    assert 0.0 <= report["qa"]["accuracy"] <= 1.0
+    assert {"vision", "imu", "fusion_resampler"} <= set(report["latency_ms"])  # timed with IMU windows
     for name in ("report.md", "confusion_fused.png", "alpha_sweep.png", "tsne.png"):
         assert (out / name).is_file(), name
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from frozen_vlm_perception.nodes.child import NodeProcess, peak_rss_mb, runner_command
+from frozen_vlm_perception.nodes.child import READY_TIMEOUT_S, NodeProcess, peak_rss_mb, runner_command
 from frozen_vlm_perception.nodes.latency_probe import SensorStream, percentiles
 
 QUESTION = "What is the person doing?"
@@ -50,7 +50,7 @@ class SystemSettings:
     height: int = 480
     questions: int = 3
     max_new_tokens: int = 24
-    ready_timeout_s: float = 240.0  # a first start builds the LM's weight cache
+    ready_timeout_s: float = READY_TIMEOUT_S
 
 
 def _runner(nodes: str, settings: SystemSettings) -> list[str]:

@@ -43,7 +43,6 @@ from frozen_vlm_perception.training.templates import ACTIVITY_QUESTIONS, PLACE_Q
 QUESTION = ACTIVITY_QUESTIONS[0]  # the questions the offline evaluation asks
 PLACE_QUESTION = PLACE_QUESTIONS[0]
 STAMP_TOLERANCE_NS = 1_000_000  # a label's stamp is the frame's, exactly; 1 ms covers float round trips
-READY_TIMEOUT_S = 240.0
 QUESTION_TIMEOUT_S = 60.0
 
 
@@ -110,7 +109,7 @@ def evaluate_through_ros(
     from sensor_msgs.msg import Image
 
     from frozen_vlm_perception.conversions import stamp_to_ns
-    from frozen_vlm_perception.nodes.child import NodeProcess, runner_command
+    from frozen_vlm_perception.nodes.child import READY_TIMEOUT_S, NodeProcess, runner_command
     from frozen_vlm_perception.nodes.common import default_ros_domain
     from frozen_vlm_perception.nodes.player import play_bag
     from frozen_vlm_perception.nodes.runner import READY_LINE

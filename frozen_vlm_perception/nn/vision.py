@@ -127,11 +127,13 @@ class MobileNetV2Encoder(FrozenVisionEncoder):
         deprecated in favour of torch.compile, which reached 1.6x here but compiles for 30 s at every
         node start; should a later torch drop TorchScript, the eager module (correct, slower) stays.
         """
+        if self.device.type != "cpu":
+            return False
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                fast = torch.jit.optimize_for_inference(torch.jit.script(self.features.cpu().eval()))
-        except Exception:  # noqa: BLE001 - any failure leaves the eager path, which is always correct
+                fast = torch.jit.optimize_for_inference(torch.jit.script(self.features.eval()))
+        except Exception:  # any failure leaves the eager path, which is always correct
             return False
         self._cpu_features = (fast,)  # in a tuple: not a registered submodule, never moved or saved
         return True

@@ -15,6 +15,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# Bring-up of a node process: a first start also builds the LM's weight cache (about 25 s) on top of
+# loading the models, on a loaded 2-core machine.
+READY_TIMEOUT_S = 240.0
+
 
 class NodeProcess:
     """A child process that prints ``ready_line`` once up; its output is kept for error messages."""

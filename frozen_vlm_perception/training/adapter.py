@@ -550,16 +550,11 @@ def main_adapter(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from frozen_vlm_perception.training.cli_args import add_adapter_arguments
+    from frozen_vlm_perception.training.cli_args import add_adapter_arguments, module_main
 
-    parser = argparse.ArgumentParser(
-        prog="python -m frozen_vlm_perception.training.adapter",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return module_main(
+        "python -m frozen_vlm_perception.training.adapter", __doc__, add_adapter_arguments, main_adapter, argv
     )
-    add_adapter_arguments(parser)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return main_adapter(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

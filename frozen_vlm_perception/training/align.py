@@ -478,16 +478,11 @@ def main_align(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from frozen_vlm_perception.training.cli_args import add_align_arguments
+    from frozen_vlm_perception.training.cli_args import add_align_arguments, module_main
 
-    parser = argparse.ArgumentParser(
-        prog="python -m frozen_vlm_perception.training.align",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return module_main(
+        "python -m frozen_vlm_perception.training.align", __doc__, add_align_arguments, main_align, argv
     )
-    add_align_arguments(parser)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return main_align(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -284,3 +284,15 @@ def load_model_config(path: str | Path) -> ModelConfig:
     config = from_dict(ModelConfig, document, where=str(path))
     config.validate()
     return config
+
+
+def module_main(prog: str, doc: str | None, add_arguments, handler, argv: list[str] | None) -> int:
+    """``python -m <prog>``: parse ``argv`` with ``add_arguments``, quiet library logs, run ``handler``."""
+    import logging
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return handler(parser.parse_args(argv))

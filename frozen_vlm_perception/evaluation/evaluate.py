@@ -39,10 +39,10 @@ from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.training.cli_args import add_bag_arguments, data_config_from_args
 from frozen_vlm_perception.training.config import DataConfig
 from frozen_vlm_perception.training.dataset import EmbeddingSet, load_embeddings
-from frozen_vlm_perception.training.templates import (
-    ACTIVITY_QUESTIONS,
-    PLACE_QUESTIONS,
-)
+from frozen_vlm_perception.questions import FAMILIES
+
+ACTIVITY_QUESTIONS = FAMILIES["activity"].trained
+PLACE_QUESTIONS = FAMILIES["activity_place"].trained
 
 MODES = ("vision", "imu", "fused")
 ALPHA_SWEEP = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))

@@ -61,6 +61,6 @@ def answer_names_label(answer: str, label: str, all_labels: Sequence[str]) -> bo
 
 def answer_names_activity_and_place(answer: str, label: str, place: str, all_labels: Sequence[str]) -> bool:
     """True when the answer names ``label`` (as :func:`answer_names_label`) and the place's phrase."""
-    from frozen_vlm_perception.training.templates import place_phrase
+    from frozen_vlm_perception.questions import place_phrase
 
     return answer_names_label(answer, label, all_labels) and place_phrase(place).lower() in answer.lower()

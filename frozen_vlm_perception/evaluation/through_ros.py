@@ -38,10 +38,10 @@ from frozen_vlm_perception.evaluation.metrics import (
 )
 from frozen_vlm_perception.nodes.latency_probe import percentiles
 from frozen_vlm_perception.training.config import DataConfig
-from frozen_vlm_perception.training.templates import ACTIVITY_QUESTIONS, PLACE_QUESTIONS
+from frozen_vlm_perception.questions import FAMILIES
 
-QUESTION = ACTIVITY_QUESTIONS[0]  # the questions the offline evaluation asks
-PLACE_QUESTION = PLACE_QUESTIONS[0]
+QUESTION = FAMILIES["activity"].trained[0]  # the questions the offline evaluation asks
+PLACE_QUESTION = FAMILIES["activity_place"].trained[0]
 STAMP_TOLERANCE_NS = 1_000_000  # a label's stamp is the frame's, exactly; 1 ms covers float round trips
 QUESTION_TIMEOUT_S = 60.0
 

@@ -70,7 +70,7 @@ from frozen_vlm_perception.training.dataset import (
     load_train_val,
 )
 from frozen_vlm_perception.training.losses import supervised_ce
-from frozen_vlm_perception.training.templates import make_qa
+from frozen_vlm_perception.questions import make_qa
 
 log = logging.getLogger(__name__)
 

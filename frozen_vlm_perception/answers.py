@@ -1,0 +1,91 @@
+"""What an answer says: the activities, places and yes/no it names. No ROS, no torch.
+
+Evaluation scores answers with these rules and the reasoning node checks each answer against the
+activity head of the same scene with them (the grounding flag), so both read answers the same way.
+
+Rules (all case-insensitive, whole words):
+
+- An activity is *named* when its label occurs as words ("walking upstairs"); a label inside a
+  longer named label does not count on its own ("walking upstairs" names "walking upstairs", not also
+  "walking").
+- A place is named by its key word ("coffee", "cat", ...; see data/photos.py).
+- A yes/no answer is read from its first word ("Yes, ...", "No."); anything else is None.
+- Invented scenery: words for places a robot's camera did not show (``SCENERY_WORDS``: "park",
+  "street", "kitchen", ...) count as naming something not in the scene.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Places and scenery the frozen LM tends to invent when the scene does not reach it (seen in real
+# answers: "walking to a park", "down the street", "in front of a window", "to the mall").
+SCENERY_WORDS: tuple[str, ...] = (
+    "park", "street", "road", "mall", "window", "kitchen", "office", "room", "beach", "forest",
+    "garden", "store", "shop", "restaurant", "city", "house", "building", "car", "bus", "dog",
+)  # fmt: skip
+
+_YES = {"yes", "yeah", "yep", "correct", "true"}
+_NO = {"no", "nope", "not", "false"}
+
+
+def _has_words(text: str, words: str) -> bool:
+    return re.search(rf"\b{re.escape(words.lower())}\b", text.lower()) is not None
+
+
+def named_activities(text: str, labels: Sequence[str]) -> list[str]:
+    """The labels the text names, in ``labels`` order (the longest-match rule in the module doc)."""
+    named = [label for label in labels if _has_words(text, label)]
+    return [n for n in named if not any(n != m and _has_words(m, n) for m in named)]
+
+
+def named_places(text: str, places: Sequence[str]) -> list[str]:
+    """The place keys (e.g. "coffee", "motorcycle") the text names, in ``places`` order."""
+    return [key for key in places if _has_words(text, key.replace("_", " "))]
+
+
+def invented_scenery(text: str, scene_words: Sequence[str] = ()) -> list[str]:
+    """SCENERY_WORDS the text uses that are not among ``scene_words`` (the true place's own words)."""
+    allowed = " ".join(scene_words).lower()
+    return [w for w in SCENERY_WORDS if _has_words(text, w) and not _has_words(allowed, w)]
+
+
+def yes_no(text: str) -> bool | None:
+    """True for an answer that starts with yes, False for no, None when it starts with neither."""
+    first = re.match(r"\W*(\w+)", text.lower())
+    if first is None:
+        return None
+    word = first.group(1)
+    return True if word in _YES else False if word in _NO else None
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """Whether an answer agrees with the activity head of the scene it was given."""
+
+    status: str  # "agrees" | "contradicts" | "unchecked" (the answer names no activity)
+    named: tuple[str, ...]  # activities the answer names
+    note: str  # human-readable reason, e.g. "names walking (p 0.02 < 0.10)"
+
+    @property
+    def flagged(self) -> bool:
+        return self.status == "contradicts"
+
+
+def check_grounding(text: str, probabilities: Mapping[str, float], min_probability: float) -> Grounding:
+    """Grounding of ``text`` against the head's ``{label: probability}`` of the same scene.
+
+    An answer that names an activity the head gives less than ``min_probability`` contradicts the
+    head (flagged); one whose every named activity reaches it agrees; one naming none is unchecked.
+    """
+    named = tuple(named_activities(text, list(probabilities)))
+    if not named:
+        return Grounding("unchecked", (), "the answer names no activity")
+    weak = [(n, probabilities[n]) for n in named if probabilities[n] < min_probability]
+    if weak:
+        listed = ", ".join(f"{n} (p {p:.2f})" for n, p in weak)
+        return Grounding("contradicts", named, f"names {listed}, below {min_probability:.2f}")
+    listed = ", ".join(f"{n} (p {probabilities[n]:.2f})" for n in named)
+    return Grounding("agrees", named, f"names {listed}")

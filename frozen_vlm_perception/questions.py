@@ -1,0 +1,238 @@
+"""Questions a user asks about a scene, and the reference answers built from its labels.
+
+The one place training and evaluation share. Stage 2 trains the adapter so that the frozen LM,
+given the scene's pseudo-tokens, answers these questions with these sentences; evaluation asks
+them and scores the answers with the rules of ``frozen_vlm_perception.answers``.
+
+Four families, each with several wordings. The ``trained`` wordings are what stage 2 asks; the
+``held_out`` wordings are never used in training, so evaluation measures whether the scene reaches
+the LM whatever the wording, not whether the adapter memorised a template::
+
+    activity        "What is the person doing?"               -> "The person is walking upstairs."
+    place           "Where is the person?"                    -> "The person is next to a cat."
+    activity_place  "Describe the scene."                     -> "The person is walking upstairs next to a cat."
+    yes_no          "Is the person moving?"                   -> "Yes, the person is walking upstairs."
+                    "Is the person lying down?"               -> "No, the person is sitting."
+
+The place families need the camera (an IMU window cannot know the place). General-knowledge
+questions ("What is the capital of France?") are the control: the frozen LM must answer them as
+well with a scene in its prompt as without one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Activity predicates of the yes/no questions (labels of the demo head; other label sets answer the
+# predicates whose words they contain).
+PREDICATES: dict[str, Callable[[str], bool]] = {
+    "moving": lambda label: label.startswith("walking"),
+    "lying": lambda label: label == "lying",
+    "sitting": lambda label: label == "sitting",
+    "standing": lambda label: label == "standing",
+    "stairs": lambda label: label in ("walking upstairs", "walking downstairs"),
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    needs_place: bool  # only asked when the frame is used and the sample has a place
+    trained: tuple[str, ...]
+    held_out: tuple[str, ...]
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "activity",
+            False,
+            trained=(
+                "What is the person doing?",
+                "What activity is the person doing?",
+                "What is the person up to?",
+                "Describe what the person is doing.",
+                "What is the human doing right now?",
+                "Which activity is this?",
+            ),
+            held_out=(
+                "Tell me what the human in front of you is up to right now.",
+                "What activity do you perceive?",
+                "What's the person doing at the moment?",
+            ),
+        ),
+        Family(
+            "place",
+            True,
+            trained=(
+                "Where is the person?",
+                "Where are we?",
+                "What is next to the person?",
+                "What place is this?",
+                "Where is this happening?",
+            ),
+            held_out=(
+                "What do you see around the person?",
+                "Describe the surroundings.",
+                "Where is the robot looking?",
+            ),
+        ),
+        Family(
+            "activity_place",
+            True,
+            trained=(
+                "Where is the person and what are they doing?",
+                "Describe the scene.",
+                "What is happening here?",
+                "What is the person doing, and where?",
+            ),
+            held_out=(
+                "Describe what you perceive.",
+                "Give a short description of the scene.",
+                "What's going on?",
+            ),
+        ),
+        Family(
+            "yes_no",
+            False,
+            trained=(
+                "Is the person moving?",
+                "Is the person in motion?",
+                "Is the person lying down?",
+                "Is the person sitting?",
+                "Is the person standing?",
+                "Is the person on the stairs?",
+            ),
+            held_out=(
+                "Is the person moving right now?",
+                "Is the person lying on the ground?",
+                "Is the person sitting down?",
+                "Is the person using the stairs?",
+            ),
+        ),
+    )
+}
+FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
+
+# Which predicate each yes/no wording asks about.
+YES_NO_PREDICATE: dict[str, str] = {
+    "Is the person moving?": "moving",
+    "Is the person in motion?": "moving",
+    "Is the person lying down?": "lying",
+    "Is the person sitting?": "sitting",
+    "Is the person standing?": "standing",
+    "Is the person on the stairs?": "stairs",
+    "Is the person moving right now?": "moving",
+    "Is the person lying on the ground?": "lying",
+    "Is the person sitting down?": "sitting",
+    "Is the person using the stairs?": "stairs",
+}
+
+# The standard question (demo, bench, the node's examples): the first trained activity wording.
+STANDARD_QUESTION = FAMILIES["activity"].trained[0]
+
+# Control questions with nothing to do with the scene; an answer counts when it contains one of the
+# accepted words. Scored with and without a scene in the prompt.
+GENERAL_QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("What is the capital of France?", ("paris",)),
+    ("What is 2 plus 3?", ("5", "five")),
+    ("What color is the sky on a clear day?", ("blue",)),
+    ("How many legs does a dog have?", ("4", "four")),
+    ("What is the opposite of hot?", ("cold",)),
+    ("What is 10 minus 4?", ("6", "six")),
+    ("What is the largest planet in our solar system?", ("jupiter",)),
+    ("What do bees make?", ("honey",)),
+    ("What is frozen water called?", ("ice",)),
+    ("How many days are in a week?", ("7", "seven")),
+)
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+    family: str
+
+
+def place_phrase(place: str) -> str:
+    """The text for a place key: the demo's own phrase ("next to a cat") when the key is one of the
+    demo's photos, else "at <key>"."""
+    from frozen_vlm_perception.data.photos import PLACES_BY_KEY
+
+    known = PLACES_BY_KEY.get(place)
+    return known.phrase if known is not None else f"at {place.replace('_', ' ')}"
+
+
+def reference_answer(family: str, question: str, label: str, place: str | None) -> str:
+    """The sentence stage 2 teaches for ``question`` of ``family`` about (label, place)."""
+    if family == "activity":
+        return f"The person is {label}."
+    if family == "place":
+        return f"The person is {place_phrase(_need(place))}."
+    if family == "activity_place":
+        return f"The person is {label} {place_phrase(_need(place))}."
+    if family == "yes_no":
+        return f"{'Yes' if yes_no_truth(question, label) else 'No'}, the person is {label}."
+    raise KeyError(f"unknown question family {family!r}; known: {FAMILY_NAMES}")
+
+
+def yes_no_truth(question: str, label: str) -> bool:
+    """The true answer to a yes/no wording about an activity label."""
+    if question not in YES_NO_PREDICATE:
+        raise KeyError(f"{question!r} is not one of the yes/no wordings")
+    return PREDICATES[YES_NO_PREDICATE[question]](label)
+
+
+def families_for(place: str | None, *, has_vision: bool) -> list[str]:
+    """The families a sample can answer: the place ones only with a frame and a place."""
+    with_place = place is not None and has_vision
+    return [name for name, f in FAMILIES.items() if with_place or not f.needs_place]
+
+
+def wordings(family: str, *, held_out: bool = False) -> tuple[str, ...]:
+    f = FAMILIES[family]
+    return f.held_out if held_out else f.trained
+
+
+def make_qa(
+    label: str,
+    place: str | None,
+    *,
+    has_vision: bool,
+    rng: random.Random | None = None,
+    family: str | None = None,
+    held_out: bool = False,
+    index: int = 0,
+) -> QA:
+    """A question/answer pair for one sample.
+
+    ``rng`` given (training): a family the sample can answer, uniformly, then one of its wordings;
+    yes/no questions are drawn so that yes and no are about equally frequent. ``rng`` None
+    (validation, evaluation): ``family`` (default: the richest the sample can answer) and the
+    wording at ``index`` (cycled), from the held-out set when ``held_out``.
+    """
+    possible = families_for(place, has_vision=has_vision)
+    if rng is not None:
+        family = family or rng.choice(possible)
+        options = wordings(family, held_out=held_out)
+        if family == "yes_no":
+            want = rng.random() < 0.5
+            matching = [q for q in options if yes_no_truth(q, label) == want]
+            options = matching or options
+        question = rng.choice(options)
+    else:
+        family = family or ("activity_place" if "activity_place" in possible else "activity")
+        if family not in possible:
+            raise ValueError(f"a sample without {'a frame' if place else 'a place'} cannot answer {family!r}")
+        options = wordings(family, held_out=held_out)
+        question = options[index % len(options)]
+    return QA(question, reference_answer(family, question, label, place), family)
+
+
+def _need(place: str | None) -> str:
+    if place is None:
+        raise ValueError("this question family needs a place")
+    return place

@@ -5,9 +5,9 @@ activity head of the same scene with them (the grounding flag), so both read ans
 
 Rules (all case-insensitive, whole words):
 
-- An activity is *named* when its label occurs as words ("walking upstairs"); a label inside a
+- An activity is *named* when its label occurs as words ("walking upstairs"); an occurrence inside a
   longer named label does not count on its own ("walking upstairs" names "walking upstairs", not also
-  "walking").
+  "walking"; "walking upstairs, then walking" names both).
 - A place is named by its key word ("coffee", "cat", ...; see data/photos.py).
 - A yes/no answer is read from its first word ("Yes, ...", "No."); anything else is None.
 - Invented scenery: words for places a robot's camera did not show (``SCENERY_WORDS``: "park",
@@ -36,9 +36,19 @@ def _has_words(text: str, words: str) -> bool:
 
 
 def named_activities(text: str, labels: Sequence[str]) -> list[str]:
-    """The labels the text names, in ``labels`` order (the longest-match rule in the module doc)."""
-    named = [label for label in labels if _has_words(text, label)]
-    return [n for n in named if not any(n != m and _has_words(m, n) for m in named)]
+    """The labels the text names, in ``labels`` order (the longest-match rule in the module doc).
+
+    Longer labels are matched first and their words taken out of the text, so "walking upstairs"
+    does not also name "walking", but "walking upstairs, then walking" names both.
+    """
+    rest = text.lower()
+    named = set()
+    for label in sorted(labels, key=len, reverse=True):
+        pattern = rf"\b{re.escape(label.lower())}\b"
+        if re.search(pattern, rest):
+            named.add(label)
+            rest = re.sub(pattern, " | ", rest)
+    return [label for label in labels if label in named]
 
 
 def named_places(text: str, places: Sequence[str]) -> list[str]:
@@ -67,7 +77,7 @@ class Grounding:
 
     status: str  # "agrees" | "contradicts" | "unchecked" (the answer names no activity)
     named: tuple[str, ...]  # activities the answer names
-    note: str  # human-readable reason, e.g. "names walking (p 0.02 < 0.10)"
+    note: str  # human-readable reason, e.g. "names walking (p 0.02), below 0.10"
 
     @property
     def flagged(self) -> bool:

@@ -21,6 +21,12 @@ from typing import Any
 DEFAULT_SERVICE = "/reasoning/query"
 DEFAULT_ACTION = "/reasoning/ask"
 NOT_THERE = "is the reasoning node running and active, in the same ROS_DOMAIN_ID?"
+EPILOG = (
+    "Prints the answer, then its grounding (agrees / contradicts / unchecked against the activity head "
+    "of the same scene) and a WARNING line when the answer is flagged: it names an activity the head "
+    "gave less than the node's grounding_min_probability. Exit status: 0 answered (also when the answer "
+    "is flagged: it is still an answer), 1 refused or failed, 2 the node could not be reached."
+)
 _sessions = itertools.count()  # node names unique per call, also for concurrent calls from threads
 
 
@@ -133,7 +139,8 @@ def ask(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m frozen_vlm_perception.nodes.query_client",
-                                     description="Ask the reasoning node a question about the scene.")
+                                     description="Ask the reasoning node a question about the scene.",
+                                     epilog=EPILOG)
     parser.add_argument("question")
     parser.add_argument("--stamp", type=float, default=None, help="camera stamp in seconds (default: latest)")
     parser.add_argument("--timeout", type=float, default=30.0)
@@ -143,8 +150,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return main_query(parser.parse_args(argv))
 
 
+def grounding_lines(reply: Any) -> list[str]:
+    """What ``fvp query`` prints after an answer (a QueryScene response or an AskScene result)::
+
+        grounding: agrees (names walking (p 0.93))
+        grounding: contradicts (names walking (p 0.02), below 0.10)
+        WARNING: answer flagged: it names an activity the activity head of the scene finds unlikely
+    """
+    lines = [f"grounding: {reply.grounding} ({reply.grounding_note})" if reply.grounding_note
+             else f"grounding: {reply.grounding}"]
+    if reply.flagged:
+        lines.append("WARNING: answer flagged: it names an activity the activity head of the scene finds "
+                     "unlikely")
+    return lines
+
+
 def main_query(args: argparse.Namespace) -> int:
-    """``fvp query``: print the answer; exit 0 answered, 1 refused or failed, 2 node not reachable.
+    """``fvp query``: print the answer and its grounding (stdout); exit 0 answered (also when the
+    answer is flagged: it is an answer), 1 refused or failed, 2 node not reachable.
 
     ``args``: question, stamp (seconds or None), timeout, max_new_tokens, and optionally stream.
     """
@@ -170,6 +193,7 @@ def main_query(args: argparse.Namespace) -> int:
     if not reply.success:
         print(f"error: {reply.message}", file=sys.stderr)
         return 1
+    print("\n".join(grounding_lines(reply)), flush=True)
     print(f"(activity: {reply.activity} {reply.confidence:.2f}, scene stamp "
           f"{reply.scene_stamp.sec}.{reply.scene_stamp.nanosec:09d}, {reply.latency:.2f} s)", file=sys.stderr)
     return 0

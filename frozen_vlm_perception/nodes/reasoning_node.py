@@ -23,6 +23,12 @@ on the result, in their own MutuallyExclusiveCallbackGroups, which needs a Multi
 
 Which scene: a zero stamp asks about the latest scene; otherwise the scene whose camera stamp is
 nearest, refused when none lies within ``stamp_tolerance_s``.
+
+Grounding: every answer is checked against the activity head of the scene it was given (the
+ActivityLabel with the scene's stamp, all its per-label probabilities) with
+:func:`frozen_vlm_perception.answers.check_grounding`; an answer naming an activity the head gave
+less than ``grounding_min_probability`` is flagged (``grounding`` "contradicts", ``flagged`` true,
+counted as ``answers_flagged``). Without an ActivityLabel for that stamp the answer is "unchecked".
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.task import Future
 from std_msgs.msg import String
 
+from frozen_vlm_perception.answers import Grounding, check_grounding
 from frozen_vlm_perception.config import LanguageConfig
 from frozen_vlm_perception.conversions import stamp_to_ns
 from frozen_vlm_perception.nodes.common import (
@@ -93,10 +100,25 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("answer_timeout_s", 60.0, "A question not answered within this time (waiting included) "
               "fails with 'timed out'.", (0.1, 3600.0)),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics.", (0.1, 3600.0)),
+    ParamSpec("grounding_min_probability", 0.1,
+              "Grounding check: an answer that names an activity the activity head of the same scene gave "
+              "less than this probability is flagged (grounding 'contradicts' in the response).", (0.0, 1.0)),
 ]
 PARAM_NAMES = frozenset(s.name for s in PARAMS)
 
 ANSWERS_HISTORY = 1000  # latencies kept for diagnostics
+
+
+@dataclass(frozen=True)
+class SceneActivity:
+    """The activity head's output for one scene (one ActivityLabel)."""
+
+    label: str
+    confidence: float
+    probabilities: dict[str, float]  # every candidate label -> its probability
+
+
+NO_ACTIVITY = SceneActivity("", 0.0, {})
 
 
 @dataclass
@@ -142,11 +164,12 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         self.blocking_waits = blocking_waits
         self.pipeline = None
         self.counters = Counters()
+        self.counters.add("answers_flagged", 0)  # in /diagnostics from the start, so a zero reads as zero
         # Re-read at configure; set now so that a scene arriving before then has somewhere to go.
         self._values: dict[str, Any] = {s.name: self.get_parameter(s.name).value for s in PARAMS}
         self._model_path = None
         self._history: collections.deque[SceneRecord] = collections.deque(maxlen=self._values["history_size"])
-        self._activities: collections.OrderedDict[int, tuple[str, float]] = collections.OrderedDict()
+        self._activities: collections.OrderedDict[int, SceneActivity] = collections.OrderedDict()
         self._history_lock = threading.Lock()
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=1)
         self._active = False
@@ -296,8 +319,13 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
             self._history.append(record)
 
     def _on_activity(self, msg: ActivityLabel) -> None:
+        labels, scores = list(msg.candidate_labels), [float(p) for p in msg.scores]
+        if len(labels) != len(scores):  # unusable for grounding; the label itself is still reported
+            self.counters.add("activity_bad_scores")
+            labels, scores = [], []
+        activity = SceneActivity(msg.label, float(msg.confidence), dict(zip(labels, scores, strict=True)))
         with self._history_lock:
-            self._activities[stamp_to_ns(msg.header.stamp)] = (msg.label, float(msg.confidence))
+            self._activities[stamp_to_ns(msg.header.stamp)] = activity
             while len(self._activities) > 2 * (self._history.maxlen or 1):
                 self._activities.popitem(last=False)
 
@@ -321,9 +349,18 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
                           f"(nearest is {off:.3f} s away; {len(history)} scenes kept)")
         return nearest, ""
 
-    def activity_of(self, record: SceneRecord) -> tuple[str, float]:
+    def activity_of(self, record: SceneRecord) -> SceneActivity:
+        """The ActivityLabel of the record's scene, or NO_ACTIVITY when none arrived for its stamp."""
         with self._history_lock:
-            return self._activities.get(record.stamp_ns, ("", 0.0))
+            return self._activities.get(record.stamp_ns, NO_ACTIVITY)
+
+    def grounding_of(self, answer: str, activity: SceneActivity) -> Grounding:
+        """How ``answer`` agrees with the head's probabilities for its scene (answers.check_grounding)."""
+        if not activity.probabilities:
+            why = "no activity label arrived for this scene" if not activity.label else \
+                "the scene's activity label carries no per-label probabilities"
+            return Grounding("unchecked", (), why)
+        return check_grounding(answer, activity.probabilities, self._values["grounding_min_probability"])
 
     # ----------------------------------------------------------------------------------------------
     # Questions
@@ -361,8 +398,18 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         response.message = outcome.message
         response.answer = outcome.answer if outcome.success else ""
         if job is not None:
-            response.activity, response.confidence = self.activity_of(job.record)
+            activity = self.activity_of(job.record)
+            response.activity, response.confidence = activity.label, activity.confidence
             response.scene_stamp = job.record.stamp
+            if outcome.success:
+                grounding = self.grounding_of(outcome.answer, activity)
+                response.grounding, response.flagged = grounding.status, grounding.flagged
+                response.grounding_note = grounding.note
+                self.counters.add(f"grounding:{grounding.status}")
+                if grounding.flagged:
+                    self.counters.add("answers_flagged")
+                    self.get_logger().warning(f"answer flagged: {grounding.note}: {outcome.answer!r}",
+                                              throttle_duration_sec=2.0)
         response.latency = time.perf_counter() - start
         self.counters.add("answered" if outcome.success else "refused" if job is None else "failed")
         if outcome.success:

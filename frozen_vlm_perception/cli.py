@@ -73,6 +73,12 @@ def _soak(args: argparse.Namespace) -> int:
     return main_soak(args)
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.inspection import main_inspect
+
+    return main_inspect(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fvp",
@@ -156,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bag", default=None, help="bag to loop (default: a small generated one)")
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--report", default=None, metavar="FILE", help="write the samples as JSON")
+
+    p = add(
+        "inspect",
+        "what the frozen LM reads: each pseudo-token's nearest vocabulary tokens and cosines, per scene",
+        _inspect,
+    )
+    _add_inspect_arguments(p)
     return parser
 
 
@@ -176,6 +189,12 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     from frozen_vlm_perception.evaluation.evaluate import add_eval_arguments
 
     add_eval_arguments(p)
+
+
+def _add_inspect_arguments(p: argparse.ArgumentParser) -> None:
+    from frozen_vlm_perception.inspection import add_inspect_arguments
+
+    add_inspect_arguments(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

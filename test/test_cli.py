@@ -8,7 +8,7 @@ import sys
 
 from frozen_vlm_perception.cli import build_parser, main
 
-SUBCOMMANDS = ("demo", "make-demo-bag", "train", "eval", "bench", "run", "play", "query", "soak")
+SUBCOMMANDS = ("demo", "make-demo-bag", "train", "eval", "bench", "run", "play", "query", "soak", "inspect")
 
 
 def test_help_lists_every_subcommand_with_a_line():

@@ -6,9 +6,9 @@ training uses), then scores the trainable part in every mode from those embeddin
 - activity accuracy and macro-F1 for vision-only, IMU-only and fused, and fused over a sweep of
   the fusion weight alpha; a confusion matrix (PNG);
 - IMU -> image retrieval R@1 / R@5 (alignment quality) and a t-SNE of both embeddings (PNG);
-- question answering through the frozen LM on evenly spaced scenes: the share of answers to
-  "What is the person doing?" that name the right activity, and, where the bag has places, the
-  share of answers to the place question that name both the activity and the place;
+- question answering through the frozen LM on evenly spaced scenes: every question family
+  (activity, place, activity + place, yes/no), trained and held-out wordings, scored by the rules of
+  ``answers.py`` on settled and on all scenes, plus general-knowledge controls (see ``qa.py``);
 - per-stage latency of the whole pipeline on real frames of the bag.
 
 Writes DIR/report.md, DIR/report.json and the PNGs.
@@ -26,23 +26,13 @@ import torch
 
 from frozen_vlm_perception.config import SyncConfig
 from frozen_vlm_perception.data.bags import read_paired_samples
-from frozen_vlm_perception.evaluation.metrics import (
-    accuracy,
-    answer_names_activity_and_place,
-    answer_names_label,
-    confusion_matrix,
-    macro_f1,
-    retrieval_recall,
-)
+from frozen_vlm_perception.evaluation import qa as qa_eval
+from frozen_vlm_perception.evaluation.metrics import accuracy, confusion_matrix, macro_f1, retrieval_recall
 from frozen_vlm_perception.evaluation.report import write_report
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.training.cli_args import add_bag_arguments, data_config_from_args
 from frozen_vlm_perception.training.config import DataConfig
 from frozen_vlm_perception.training.dataset import EmbeddingSet, load_embeddings
-from frozen_vlm_perception.questions import FAMILIES
-
-ACTIVITY_QUESTIONS = FAMILIES["activity"].trained
-PLACE_QUESTIONS = FAMILIES["activity_place"].trained
 
 MODES = ("vision", "imu", "fused")
 ALPHA_SWEEP = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
@@ -53,7 +43,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model folder (default: the shipped models/demo)")
     parser.add_argument("--out", required=True, help="report folder to write")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--qa-samples", type=int, default=24, help="scenes to ask the LM about (0: skip QA)")
+    parser.add_argument(
+        "--qa-samples",
+        type=int,
+        default=qa_eval.DEFAULT_SCENES,
+        help="scenes asked every question family (trained + held-out wording each; 0: skip QA)",
+    )
+    parser.add_argument(
+        "--qa-max-new-tokens",
+        type=int,
+        default=qa_eval.MAX_NEW_TOKENS,
+        help="answer length limit when scoring",
+    )
     parser.add_argument(
         "--latency-frames", type=int, default=20, help="real frames timed through the pipeline"
     )
@@ -82,6 +83,7 @@ def main_eval(args: argparse.Namespace) -> int:
         out_dir=Path(args.out),
         device=args.device,
         qa_samples=args.qa_samples,
+        qa_max_new_tokens=args.qa_max_new_tokens,
         latency_frames=args.latency_frames,
         tsne_samples=args.tsne_samples,
         progress=not args.no_progress,
@@ -90,17 +92,26 @@ def main_eval(args: argparse.Namespace) -> int:
     acc = report["accuracy"]
     print(
         f"{report['n_samples']} samples: accuracy vision {acc['vision']:.3f}, imu {acc['imu']:.3f}, "
-        f"fused {acc['fused']:.3f}; IMU->image R@1 {report['retrieval']['imu_to_image_r1']:.3f}; "
-        f"QA {report['qa'].get('accuracy', float('nan')):.3f}"
+        f"fused {acc['fused']:.3f}; IMU->image R@1 {report['retrieval']['imu_to_image_r1']:.3f}"
     )
+    qa = report["qa"]
+    if qa:
+        general = qa["general"]
+        print(
+            f"{qa_eval.family_line(qa)}; names something absent {qa['names_absent']['share']:.2f}; "
+            f"general knowledge {general['no_scene']['accuracy']:.2f} without a scene, "
+            f"{general['with_scene']['accuracy']:.2f} with one"
+        )
     ros = report.get("through_ros")
     if ros:
         lat = ros["latency_ms"]
         print(
             f"through the nodes: {ros['share_labelled']:.0%} of {ros['frames_published']} frames labelled, "
             f"accuracy {ros['accuracy']:.3f}, latency p50 {lat.get('p50', float('nan')):.0f} ms "
-            f"p99 {lat.get('p99', float('nan')):.0f} ms; QA {ros['qa']['accuracy']:.3f}"
+            f"p99 {lat.get('p99', float('nan')):.0f} ms"
         )
+        if ros["qa"].get("asked"):
+            print(f"through the nodes: {qa_eval.family_line(ros['qa'])}")
     print(f"wrote {args.out}/report.md")
     return 0
 
@@ -111,7 +122,8 @@ def evaluate(
     model_dir: str | Path,
     out_dir: Path,
     device: str = "auto",
-    qa_samples: int = 24,
+    qa_samples: int = qa_eval.DEFAULT_SCENES,
+    qa_max_new_tokens: int = qa_eval.MAX_NEW_TOKENS,
     latency_frames: int = 20,
     tsne_samples: int = 400,
     progress: bool = True,
@@ -174,14 +186,33 @@ def evaluate(
         "chance_r5": min(1.0, 5.0 / len(samples)),
     }
     report["confusion_fused"] = confusion_matrix(target, predictions["fused"], num_labels).tolist()
-    report["qa"] = answer_questions(pipeline, samples, target, qa_samples) if qa_samples > 0 else {}
+    report["qa"] = {}
+    if qa_samples > 0:
+        timeline = qa_eval.read_label_timeline(data)
+        settled = timeline.settled_mask(samples.stamps.tolist(), config.imu.window_s)
+        report["qa"] = qa_eval.evaluate_qa(
+            pipeline,
+            samples,
+            target,
+            predictions["fused"],
+            qa_samples,
+            settled,
+            max_new_tokens=qa_max_new_tokens,
+            progress=progress,
+        )
     report["latency_ms"] = measure_latency(pipeline, data, latency_frames)
     tsne = tsne_points(image_pooled, imu_pooled, target, tsne_samples) if tsne_samples > 0 else None
     if through_ros is not None:
         from frozen_vlm_perception.evaluation.through_ros import evaluate_through_ros
 
         report["through_ros"] = evaluate_through_ros(
-            data=data, model_dir=model_dir, device=device, labels=tuple(config.labels), **through_ros
+            data=data,
+            model_dir=model_dir,
+            device=device,
+            labels=tuple(config.labels),
+            window_s=config.imu.window_s,
+            max_new_tokens=qa_max_new_tokens,
+            **through_ros,
         )
     write_report(out_dir, report, tsne=tsne)
     return report
@@ -216,48 +247,6 @@ def run_scene_model(
         pooled.append(out.pooled.float().cpu())
         latents.append(out.latents.float().cpu())
     return {"logits": torch.cat(logits), "pooled": torch.cat(pooled), "latents": torch.cat(latents)}
-
-
-def answer_questions(
-    pipeline: PerceptionPipeline, samples: EmbeddingSet, target: np.ndarray, count: int
-) -> dict[str, Any]:
-    """Ask the frozen LM about ``count`` evenly spaced fused scenes; score the answers by their words."""
-    labels = list(pipeline.config.labels)
-    picks = np.unique(np.linspace(0, len(samples) - 1, num=min(count, len(samples))).round().astype(int))
-    subset = samples.subset(picks)
-    latents = run_scene_model(pipeline, subset, "fused")["latents"]
-    activity_hits, both_hits, place_asked, examples = 0, 0, 0, []
-    for row, index in enumerate(picks):
-        label = labels[int(target[index])]
-        place = samples.place_of(int(index))
-        answer = pipeline.language.generate(latents[row].to(pipeline.device), ACTIVITY_QUESTIONS[0]).text
-        hit = answer_names_label(answer, label, labels)
-        activity_hits += hit
-        record = {
-            "stamp": float(samples.stamps[index]),
-            "label": label,
-            "place": place,
-            "question": ACTIVITY_QUESTIONS[0],
-            "answer": answer,
-            "correct": bool(hit),
-        }
-        if place is not None:
-            place_asked += 1
-            place_text = pipeline.language.generate(latents[row].to(pipeline.device), PLACE_QUESTIONS[0]).text
-            both = answer_names_activity_and_place(place_text, label, place, labels)
-            both_hits += both
-            record.update(
-                place_question=PLACE_QUESTIONS[0], place_answer=place_text, place_correct=bool(both)
-            )
-        examples.append(record)
-    result: dict[str, Any] = {
-        "n_questions": len(picks),
-        "accuracy": activity_hits / len(picks),
-        "examples": examples,
-    }
-    if place_asked:
-        result["activity_and_place_accuracy"] = both_hits / place_asked
-    return result
 
 
 def measure_latency(pipeline: PerceptionPipeline, data: DataConfig, frames: int) -> dict[str, float]:

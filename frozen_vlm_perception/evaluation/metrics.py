@@ -1,8 +1,8 @@
-"""Metrics for activity recognition, cross-modal retrieval and question answering. numpy only."""
+"""Metrics for activity recognition and cross-modal retrieval. numpy only (answers are scored by
+``frozen_vlm_perception.answers`` through ``evaluation/qa.py``)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,27 +40,3 @@ def retrieval_recall(queries: np.ndarray, keys: np.ndarray, ks: Sequence[int] = 
     # Rank of the true key = number of keys scoring strictly higher than it.
     rank = (similarity > np.diag(similarity)[:, None]).sum(axis=1)
     return {kk: float((rank < kk).mean()) for kk in ks}
-
-
-def names_in_answer(answer: str, names: Sequence[str]) -> set[str]:
-    """The names that occur in the answer as whole words (case-insensitive)."""
-    text = answer.lower()
-    return {name for name in names if re.search(rf"\b{re.escape(name.lower())}\b", text)}
-
-
-def answer_names_label(answer: str, label: str, all_labels: Sequence[str]) -> bool:
-    """True when the answer names ``label`` and no other label that is not part of it.
-
-    "walking upstairs" contains "walking": a label counts as named only when no longer label
-    that contains it is named instead.
-    """
-    named = names_in_answer(answer, all_labels)
-    named = {n for n in named if not any(n != m and n in m and m in named for m in named)}
-    return label in named and len(named) == 1
-
-
-def answer_names_activity_and_place(answer: str, label: str, place: str, all_labels: Sequence[str]) -> bool:
-    """True when the answer names ``label`` (as :func:`answer_names_label`) and the place's phrase."""
-    from frozen_vlm_perception.questions import place_phrase
-
-    return answer_names_label(answer, label, all_labels) and place_phrase(place).lower() in answer.lower()

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from frozen_vlm_perception.questions import FAMILY_NAMES
+
 
 def write_report(out_dir: Path, report: dict[str, Any], *, tsne: dict[str, np.ndarray] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -54,22 +56,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"![t-SNE]({report['plots']['tsne']})", ""]
     qa = report.get("qa") or {}
     if qa:
-        lines += [
-            "## Question answering (frozen LM, greedy)",
-            "",
-            f"{qa['n_questions']} evenly spaced fused scenes. "
-            f"Answers naming the right activity: {qa['accuracy']:.3f}.",
-        ]
-        if "activity_and_place_accuracy" in qa:
-            lines.append(
-                f"Answers to the place question naming both the activity and the place: "
-                f"{qa['activity_and_place_accuracy']:.3f}."
-            )
-        lines += ["", "| truth | answer |", "|---|---|"]
-        for example in qa["examples"][:8]:
-            truth = example["label"] + (f", {example['place']}" if example.get("place") else "")
-            lines.append(f"| {truth} | {example.get('place_answer') or example['answer']} |")
-        lines.append("")
+        lines += qa_markdown(qa)
     latency = report.get("latency_ms") or {}
     if latency:
         lines += ["## Latency per stage (median ms, batch 1)", "", "| stage | ms |", "|---|---|"]
@@ -107,11 +94,122 @@ def through_ros_markdown(ros: dict[str, Any]) -> list[str]:
             f"{lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f} |"
         )
     if qa.get("asked"):
-        lines.append(f"| questions answered through QueryScene | {qa['answered']}/{qa['asked']} |")
-        lines.append(f"| answers naming the right activity | {qa['accuracy']:.3f} |")
-        lines.append(f"| place answers naming activity and place | {qa['activity_and_place_accuracy']:.3f} |")
+        lines.append(
+            f"| questions answered through QueryScene | {qa['answered']}/{qa['asked']} "
+            f"({qa['n_scored']} scored) |"
+        )
+        for family in FAMILY_NAMES:
+            cells = [_cell_share(qa[family][kind]["all"]) for kind in ("trained", "held_out")]
+            settled = [_cell_share(qa[family][kind]["settled"]) for kind in ("trained", "held_out")]
+            lines.append(
+                f"| QA {family}: trained / held-out wording, all scenes (settled) | "
+                f"{cells[0]} / {cells[1]} ({settled[0]} / {settled[1]}) |"
+            )
+        lines.append(f"| answers naming something absent | {_cell_share(qa['names_absent'], 'share')} |")
     lines += ["", f"Drops counted by the perception node: `{json.dumps(ros['node_drops'])}`", ""]
     return lines
+
+
+def qa_markdown(qa: dict[str, Any]) -> list[str]:
+    """The question-answering section: a table per family, the shares, general knowledge, rules."""
+    lines = [
+        "## Question answering (frozen LM, greedy)",
+        "",
+        f"{qa['n_scenes']} evenly spaced scenes (fused latents), {qa['n_settled']} of them settled (the IMU "
+        f"window lies inside one labelled segment). Each scene is asked every family it can answer (the "
+        f"place families only where the place is known), once with a trained wording and once with a "
+        f"held-out one: {qa['n_answers']} answers of at most {qa['max_new_tokens']} new tokens, "
+        f"{qa['seconds_per_answer']:.2f} s per answer. Accuracy (correct / asked):",
+        "",
+    ]
+    for family in FAMILY_NAMES:
+        table = qa[family]
+        lines += [
+            f"**{family}**"
+            + (
+                " (the true answer is yes in " + _pct(table["truth_yes_share"]) + ")"
+                if family == "yes_no"
+                else ""
+            ),
+            "",
+            "| wording | settled scenes | all scenes |",
+            "|---|---|---|",
+            *(
+                f"| {kind.replace('_', '-')} | {_cell_share(table[kind]['settled'])} | "
+                f"{_cell_share(table[kind]['all'])} |"
+                for kind in ("trained", "held_out")
+            ),
+            "",
+        ]
+    agree, absent = qa["agrees_with_head"], qa["names_absent"]
+    lines += [
+        "| family | answers naming something absent | answers naming an activity that agree with the head |",
+        "|---|---|---|",
+        *(
+            f"| {f} | {_cell_share(absent['by_family'][f])} | {_cell_share(agree['by_family'][f])} |"
+            for f in FAMILY_NAMES
+        ),
+        f"| **all** | {_share_text(absent['share'], absent['count'], absent['n'])} | "
+        f"{_share_text(agree['share'], agree['agree'], agree['n'])} |",
+        "",
+    ]
+    general = qa.get("general")
+    if general:
+        bare, scened = general["no_scene"], general["with_scene"]
+        lines += [
+            "General-knowledge control (the scene must not break what the LM knew):",
+            "",
+            "| prompt | accuracy |",
+            "|---|---|",
+            f"| no scene | {_cell_share(bare)} |",
+            f"| with a scene's latents in the prompt (each of {scened['scenes']} scenes) | "
+            f"{_cell_share(scened)} |",
+            "",
+            "| question | answer, no scene | answer, first scene | correct with a scene |",
+            "|---|---|---|---|",
+            *(
+                f"| {_md(r['question'])} | {_md(r['no_scene'])} | {_md(r['with_scene'] or '')} | "
+                f"{r['with_scene_correct']}/{r['with_scene_n']} |"
+                for r in general["answers"]
+            ),
+            "",
+        ]
+    examples = qa.get("examples") or {}
+    if examples:
+        lines += ["| family | wording | truth | question | answer | correct |", "|---|---|---|---|---|---|"]
+        for family, rows in examples.items():
+            for r in rows:
+                truth = r["label"] + (f", {r['place']}" if r.get("place") else "")
+                truth += "" if r.get("settled") else " (not settled)"
+                mark = "yes" if r["correct"] else "no"
+                mark += ", names something absent" if r.get("names_absent") else ""
+                lines.append(
+                    f"| {family} | {'held-out' if r['held_out'] else 'trained'} | {truth} | "
+                    f"{_md(r['question'])} | {_md(r['answer'])} | {mark} |"
+                )
+        lines.append("")
+    rules = qa.get("rules") or {}
+    if rules:
+        lines += ["Scoring rules:", "", *(f"- **{name}**: {text}." for name, text in rules.items()), ""]
+    return lines
+
+
+def _share_text(share: float, hits: int, n: int) -> str:
+    return f"{share:.3f} ({hits}/{n})" if n else "- (0)"
+
+
+def _cell_share(cell: dict[str, Any], key: str = "accuracy") -> str:
+    hits = cell.get("correct", cell.get("count", cell.get("agree", 0)))
+    return _share_text(cell[key], hits, cell["n"])
+
+
+def _pct(value: float) -> str:
+    return "-" if value != value else f"{value:.0%}"
+
+
+def _md(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def _pyplot():

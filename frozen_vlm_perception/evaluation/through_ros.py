@@ -7,8 +7,10 @@ node had time for, after the transport and the node's own queueing. This part me
    with the shipped config/perception.yaml and the model under test);
 2. the bag's camera and IMU topics are played with their recorded timing (``--rate`` to speed up);
 3. this process receives the frames and the ``ActivityLabel`` messages and scores each label against
-   the bag's ground truth at that frame's stamp (the same label source as training); it asks
-   ``QueryScene`` at evenly spaced moments and scores the answers against the truth of the scene used;
+   the bag's ground truth at that frame's stamp (the same label source as training); at evenly spaced
+   moments it asks ``QueryScene`` every question family (a trained and a held-out wording each,
+   cycled by moment) and scores the answers against the truth of the scene the node used, with the
+   rules of the offline evaluation (``qa.py``);
 4. frames that got no label are counted, and the perception node's own drop counters (superseded
    while busy, no IMU window, bad input) come from its ``/diagnostics``.
 
@@ -30,18 +32,12 @@ import numpy as np
 
 from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS
 from frozen_vlm_perception.data.bags import read_paired_samples
-from frozen_vlm_perception.evaluation.metrics import (
-    accuracy,
-    answer_names_activity_and_place,
-    answer_names_label,
-    macro_f1,
-)
+from frozen_vlm_perception.evaluation import qa as qa_eval
+from frozen_vlm_perception.evaluation.metrics import accuracy, macro_f1
 from frozen_vlm_perception.nodes.latency_probe import percentiles
+from frozen_vlm_perception.questions import FAMILIES, FAMILY_NAMES, wordings
 from frozen_vlm_perception.training.config import DataConfig
-from frozen_vlm_perception.questions import FAMILIES
 
-QUESTION = FAMILIES["activity"].trained[0]  # the questions the offline evaluation asks
-PLACE_QUESTION = FAMILIES["activity_place"].trained[0]
 STAMP_TOLERANCE_NS = 1_000_000  # a label's stamp is the frame's, exactly; 1 ms covers float round trips
 QUESTION_TIMEOUT_S = 60.0
 
@@ -98,9 +94,14 @@ def evaluate_through_ros(
     rate: float = 1.0,
     questions: int = 6,
     labels: tuple[str, ...] = DEFAULT_ACTIVITY_LABELS,
+    window_s: float | None = None,
+    max_new_tokens: int = qa_eval.MAX_NEW_TOKENS,
     log=print,
 ) -> dict[str, Any]:
-    """Play ``data.bag`` into the nodes and return the ``through_ros`` section of the report."""
+    """Play ``data.bag`` into the nodes and return the ``through_ros`` section of the report.
+
+    ``window_s``: the model's IMU window length, for marking settled scenes (None: none is settled).
+    """
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.context import Context
@@ -119,6 +120,11 @@ def evaluate_through_ros(
     truth = read_truth(data)
     if not len(truth.stamps_ns):
         raise ValueError(f"{data.bag}: no camera frames on {data.camera_topic}")
+    timeline = qa_eval.read_label_timeline(data) if window_s and questions > 0 else None
+
+    def settled(stamp_ns: int) -> bool | None:
+        return timeline.settled(stamp_ns / 1e9, window_s) if timeline is not None else None
+
     seen = Observed()
 
     def on_frame(msg) -> None:
@@ -165,7 +171,7 @@ def evaluate_through_ros(
         answers: list[dict[str, Any]] = []
         try:
             player.start()
-            answers = _ask_while_playing(player, play_s, questions, truth, log)
+            answers = _ask_while_playing(player, play_s, questions, truth, log, settled, max_new_tokens)
             player.join(timeout=play_s + 60.0)
             time.sleep(1.5)  # labels of the last frames still in flight, and a last /diagnostics
         finally:
@@ -179,42 +185,66 @@ def evaluate_through_ros(
     return score(truth, seen, answers, published=published, labels=labels)
 
 
-def _ask_while_playing(player: threading.Thread, play_s: float, questions: int, truth: Truth, log):
-    from frozen_vlm_perception.nodes.query_client import QueryError, query
-
+def _ask_while_playing(
+    player: threading.Thread,
+    play_s: float,
+    questions: int,
+    truth: Truth,
+    log,
+    settled,
+    max_new_tokens: int,
+) -> list[dict[str, Any]]:
     answers: list[dict[str, Any]] = []
     has_places = any(p is not None for p in truth.place)
+    families = [f for f in FAMILY_NAMES if has_places or not FAMILIES[f].needs_place]
     # Evenly spaced over the playback, after a warm-up (the first scenes have no IMU window yet).
     start = time.monotonic()
     times = [2.0 + play_s * (i + 1) / (questions + 1) for i in range(questions)]
-    for at in times:
+    for moment, at in enumerate(times):
         while player.is_alive() and time.monotonic() - start < at:
             time.sleep(0.1)
         if not player.is_alive():
             break
-        for question in (QUESTION, PLACE_QUESTION) if has_places else (QUESTION,):
-            entry: dict[str, Any] = {"question": question}
-            try:
-                response = query(question, timeout=QUESTION_TIMEOUT_S)
-            except QueryError as err:
-                entry.update(success=False, message=str(err))
+        for family in families:
+            for held_out in (False, True):
+                options = wordings(family, held_out=held_out)
+                question = options[moment % len(options)]
+                entry = _ask(family, held_out, question, truth, settled, max_new_tokens)
                 answers.append(entry)
-                continue
-            index = truth.at(response.scene_stamp.sec * 1_000_000_000 + response.scene_stamp.nanosec)
-            entry.update(
-                success=bool(response.success),
-                answer=response.answer,
-                message=response.message,
-                latency_s=float(response.latency),
-                truth_activity=truth.activity[index] if index is not None else None,
-                truth_place=truth.place[index] if index is not None else None,
-            )
-            answers.append(entry)
-            log(
-                f"  Q: {question}  A: {response.answer or response.message}  (truth {entry['truth_activity']}"
-                f" at the {entry['truth_place']})"
-            )
+                log(
+                    f"  Q [{family}, {'held-out' if held_out else 'trained'}]: {question}  "
+                    f"A: {entry.get('answer') or entry.get('message')}  (truth {entry.get('truth_activity')}"
+                    f" at the {entry.get('truth_place')})"
+                )
     return answers
+
+
+def _ask(
+    family: str, held_out: bool, question: str, truth: Truth, settled, max_new_tokens: int
+) -> dict[str, Any]:
+    """One QueryScene call about the latest scene, with the truth of the scene the node used."""
+    from frozen_vlm_perception.nodes.query_client import QueryError, query
+
+    entry: dict[str, Any] = {"family": family, "held_out": held_out, "question": question}
+    try:
+        response = query(question, timeout=QUESTION_TIMEOUT_S, max_new_tokens=max_new_tokens)
+    except QueryError as err:
+        entry.update(success=False, message=str(err))
+        return entry
+    stamp_ns = response.scene_stamp.sec * 1_000_000_000 + response.scene_stamp.nanosec
+    index = truth.at(stamp_ns)
+    entry.update(
+        success=bool(response.success),
+        answer=response.answer,
+        message=response.message,
+        latency_s=float(response.latency),
+        head_label=response.activity or None,
+        grounding=getattr(response, "grounding", ""),  # the node's own check, where it has one
+        truth_activity=truth.activity[index] if index is not None else None,
+        truth_place=truth.place[index] if index is not None else None,
+        settled=settled(stamp_ns) if index is not None else None,
+    )
+    return entry
 
 
 def score(
@@ -264,21 +294,34 @@ def score(
 
 
 def _score_answers(answers: list[dict[str, Any]], labels: tuple[str, ...]) -> dict[str, Any]:
-    activity = [a for a in answers if a["question"] == QUESTION and a.get("success") and a["truth_activity"]]
-    both = [
-        a
-        for a in answers
-        if a["question"] == PLACE_QUESTION and a.get("success") and a["truth_activity"] and a["truth_place"]
-    ]
-    hits = [answer_names_label(a["answer"], a["truth_activity"], labels) for a in activity]
-    both_hits = [
-        answer_names_activity_and_place(a["answer"], a["truth_activity"], a["truth_place"], labels)
-        for a in both
-    ]
+    """Per-family accuracy of the answers with the offline rules (``qa.summarize``); an answer is
+    scored when it succeeded and the truth of its scene is known (the place too, for place families)."""
+    place_keys = qa_eval.place_keys_for(a.get("truth_place") for a in answers)
+    records = []
+    for entry in answers:
+        family = entry.get("family", "activity")
+        if not entry.get("success") or not entry.get("truth_activity"):
+            continue
+        if FAMILIES[family].needs_place and not entry.get("truth_place"):
+            continue
+        scored = qa_eval.record(
+            family,
+            entry["question"],
+            entry["answer"],
+            held_out=bool(entry.get("held_out")),
+            label=entry["truth_activity"],
+            place=entry.get("truth_place"),
+            settled=entry.get("settled"),
+            labels=labels,
+            place_keys=place_keys,
+            head_label=entry.get("head_label"),
+        )
+        entry.update(correct=scored["correct"], names_absent=scored["names_absent"])
+        records.append(scored)
     return {
         "asked": len(answers),
         "answered": sum(bool(a.get("success")) for a in answers),
-        "accuracy": float(np.mean(hits)) if hits else float("nan"),
-        "activity_and_place_accuracy": float(np.mean(both_hits)) if both_hits else float("nan"),
+        "n_scored": len(records),
+        **qa_eval.summarize(records),
         "answers": answers,
     }

@@ -9,6 +9,7 @@ import pytest
 
 from frozen_vlm_perception.evaluation.through_ros import Observed, Truth, score
 from frozen_vlm_perception.nodes.common import DEFAULT_MODEL_DIR, resolve_model_dir
+from frozen_vlm_perception.questions import FAMILY_NAMES
 
 LABELS = ("walking", "standing", "sitting")
 
@@ -35,6 +36,36 @@ def test_score_counts_matches_misses_and_strays():
     assert section["node_drops"] == {"drop:superseded": 7}
     assert section["latency_ms"]["n"] == 2  # the stray stamps have no frame received here
     assert math.isnan(section["qa"]["accuracy"])
+    assert section["qa"]["asked"] == 0 and set(FAMILY_NAMES) <= set(section["qa"])
+
+
+def test_score_answers_per_family_with_the_offline_rules():
+    truth = Truth(stamps_ns=np.array([0]), activity=["walking"], place=["cat"])
+
+    def asked(family, question, answer, *, held_out=False, settled=True, **extra):
+        entry = {"family": family, "held_out": held_out, "question": question, "success": True}
+        entry.update(answer=answer, truth_activity="walking", truth_place="cat", head_label="walking")
+        return {**entry, "settled": settled, **extra}
+
+    answers = [
+        asked("activity", "What is the person doing?", "The person is walking."),
+        asked("activity", "What activity do you perceive?", "The person is sitting.", held_out=True),
+        asked("activity", "What is the person doing?", "The person is walking.", settled=False),
+        asked("place", "Where is the person?", "Next to a cat.", truth_place=None),  # no place: not scored
+        asked("activity_place", "Describe the scene.", "The person is walking next to a cat."),
+        asked("yes_no", "Is the person moving?", "Yes, to the park."),
+        {"family": "yes_no", "held_out": True, "question": "Is the person sitting down?", "success": False},
+    ]
+    qa = score(truth, Observed(), answers, published=1, labels=LABELS)["qa"]
+    assert qa["asked"] == 7 and qa["answered"] == 6 and qa["n_scored"] == 5
+    assert qa["activity"]["trained"]["all"] == {"accuracy": 1.0, "correct": 2, "n": 2}
+    assert qa["activity"]["trained"]["settled"] == {"accuracy": 1.0, "correct": 1, "n": 1}
+    assert qa["activity"]["held_out"]["all"]["correct"] == 0 and qa["accuracy"] == 1.0
+    assert qa["place"]["trained"]["all"]["n"] == 0
+    assert qa["activity_place"]["trained"]["all"]["correct"] == 1
+    assert qa["yes_no"]["trained"]["all"]["correct"] == 1
+    assert qa["names_absent"]["count"] == 1  # "sitting"; the park does not count in a yes/no answer
+    assert answers[1]["correct"] is False and answers[0]["correct"] is True
 
 
 @pytest.mark.slow
@@ -51,7 +82,7 @@ def test_fvp_eval_writes_the_report_and_scores_the_nodes(tmp_path, ros_env):
     code = main([
         "eval", "--bag", str(bag), "--model", str(resolve_model_dir(DEFAULT_MODEL_DIR)), "--out", str(out),
         "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--qa-samples", "2",
-        "--tsne-samples", "30", "--latency-frames", "3", "--no-progress",
+        "--qa-max-new-tokens", "8", "--tsne-samples", "30", "--latency-frames", "3", "--no-progress",
         "--through-ros", "--ros-questions", "1",
     ])  # fmt: skip
     assert code == 0
@@ -61,7 +92,11 @@ def test_fvp_eval_writes_the_report_and_scores_the_nodes(tmp_path, ros_env):
         assert set(report[key]) == {"vision", "imu", "fused"}
         assert all(0.0 <= v <= 1.0 for v in report[key].values())
     assert {"imu_to_image_r1", "imu_to_image_r5"} <= set(report["retrieval"])
-    assert 0.0 <= report["qa"]["accuracy"] <= 1.0
+    qa = report["qa"]
+    assert {"accuracy", "agrees_with_head", "names_absent", "general", "rules", *FAMILY_NAMES} <= set(qa)
+    assert qa["n_answers"] == sum(qa[f][k]["all"]["n"] for f in FAMILY_NAMES for k in ("trained", "held_out"))
+    assert qa["activity"]["trained"]["all"]["n"] == qa["n_scenes"] == 2
+    assert 0.0 <= qa["activity"]["trained"]["all"]["accuracy"] <= 1.0
     assert {"vision", "imu", "fusion_resampler"} <= set(report["latency_ms"])  # timed with IMU windows
     for name in ("report.md", "confusion_fused.png", "alpha_sweep.png", "tsne.png"):
         assert (out / name).is_file(), name
@@ -72,5 +107,8 @@ def test_fvp_eval_writes_the_report_and_scores_the_nodes(tmp_path, ros_env):
     assert ros["n_scored"] > 0 and 0.0 <= ros["accuracy"] <= 1.0
     assert ros["labels_not_matching_a_frame"] == 0  # every label carries a played frame's stamp
     assert ros["latency_ms"]["n"] > 0
-    assert ros["qa"]["asked"] >= 1 and ros["qa"]["answered"] >= 1
-    assert "Through the running nodes" in (out / "report.md").read_text()
+    assert ros["qa"]["asked"] == 8 and ros["qa"]["answered"] >= 1  # 4 families x 2 wordings, 1 moment
+    assert {e["family"] for e in ros["qa"]["answers"]} == set(FAMILY_NAMES)
+    assert set(FAMILY_NAMES) <= set(ros["qa"])
+    markdown = (out / "report.md").read_text()
+    assert "Through the running nodes" in markdown and "Scoring rules" in markdown

@@ -1,0 +1,474 @@
+"""Question answering you can trust: every question family, trained and held-out wordings, scored
+by the rules of :mod:`frozen_vlm_perception.answers`. No ROS (the through-the-nodes evaluation and
+the demo score their answers with the same functions).
+
+On ``count`` evenly spaced scenes (fused latents of the trainable part), the frozen LM is asked
+every family the scene can answer (the place families only where the bag knows the place), once
+with a trained wording and once with a held-out one (``questions.py``), cycling through the
+wordings by scene index so that every wording gets asked. Each answer is scored (``RULES``);
+accuracy is reported per family for settled scenes and for all scenes, for trained and held-out
+wordings separately, with the counts behind every share.
+
+*Settled* (``LabelTimeline``): the scene's IMU window lies inside one labelled segment, i.e. the
+ground-truth label does not change between the window's start (frame stamp - window length) and
+the frame. Frames within a window length of a change see two activities in their IMU window and
+have no single right answer, so the headline accuracy counts settled scenes only. The timeline is
+read from the same label source training uses: the bag's ``/ground_truth/activity`` topic
+(ActivityLabel or String, dated by header stamp, else receive time; a label lapses
+``label_tolerance_s`` after its last message, as in ``data/bags.py``) or the ``start,end,label`` CSV.
+
+General-knowledge questions (``GENERAL_QUESTIONS``) are the control: asked with no scene and with
+the latents of a few scenes in the prompt; a scene that reaches the LM must not break what it knew.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from frozen_vlm_perception.answers import invented_scenery, named_activities, named_places, yes_no
+from frozen_vlm_perception.questions import (
+    FAMILIES,
+    FAMILY_NAMES,
+    GENERAL_QUESTIONS,
+    place_phrase,
+    wordings,
+    yes_no_truth,
+)
+
+DEFAULT_SCENES = 150  # scenes asked per family (fvp eval --qa-samples)
+MAX_NEW_TOKENS = 24  # enough for "The person is walking upstairs next to an astronaut."
+GENERAL_SCENES = 5  # scenes whose latents go with the general-knowledge questions
+EXAMPLES_PER_FAMILY = 4
+WORDING_KINDS = ("trained", "held_out")
+
+RULES: dict[str, str] = {
+    "activity": "correct when the activities the answer names (answers.named_activities: whole words, "
+    "case-insensitive, a label inside a longer named label does not count) are exactly [the true label]",
+    "place": "correct when the place keys the answer names (answers.named_places) are exactly "
+    "[the true place]",
+    "activity_place": "correct when both the activity rule and the place rule hold",
+    "yes_no": "correct when the answer's first word is yes or no (answers.yes_no) and equals the truth "
+    "of the question's predicate for the true label (questions.yes_no_truth); anything else is "
+    "wrong. Wordings alternate by scene between one whose true answer is yes and one whose is no, "
+    "so always answering no scores about 0.5",
+    "agrees_with_head": "share of answers naming at least one activity whose named activities are exactly "
+    "[the activity head's predicted label for the same scene]",
+    "names_absent": "share of answers that name an activity other than the true one, a place other than the "
+    "true one, or invented scenery (answers.invented_scenery: park, street, kitchen, ... not in the true "
+    "place's phrase); for yes/no answers only other activities and places count, and an activity the "
+    "question itself names does not count in an answer that says no",
+    "settled": "a scene is settled when its IMU window (frame stamp - window length .. frame stamp) lies "
+    "inside one labelled segment: no ground-truth label change in it",
+    "general": "a general-knowledge answer counts when it contains one of the accepted words (whole word, "
+    "case-insensitive); asked with no scene and with each of a few scenes' latents in the prompt",
+    "wordings": "every family is asked once with a trained wording (stage 2 saw it) and once with a held-out "
+    "wording (never trained), cycling through each list by scene index",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Settled scenes
+
+
+@dataclass(frozen=True)
+class LabelTimeline:
+    """The ground-truth activity over time as change points: ``labels[i]`` holds from ``times[i]``
+    until ``times[i + 1]`` (None: no label known there)."""
+
+    times: tuple[float, ...]
+    labels: tuple[str | None, ...]
+
+    def at(self, t: float) -> str | None:
+        i = bisect_right(self.times, t) - 1
+        return self.labels[i] if i >= 0 else None
+
+    def settled(self, t: float, window_s: float) -> bool:
+        """True when one known label holds over the whole window [t - window_s, t]."""
+        i = bisect_right(self.times, t) - 1
+        return i >= 0 and self.labels[i] is not None and self.times[i] <= t - window_s + 1e-9
+
+    def settled_mask(self, stamps: Iterable[float], window_s: float) -> np.ndarray:
+        return np.array([self.settled(float(t), window_s) for t in stamps], dtype=bool)
+
+
+def timeline_from_events(events: Iterable[tuple[float, str]], tolerance_s: float) -> LabelTimeline:
+    """Label messages (time s, label) -> change points; a label lapses ``tolerance_s`` after its last
+    message (the rule ``read_paired_samples`` pairs frames with)."""
+    times: list[float] = []
+    labels: list[str | None] = []
+
+    def change(t: float, label: str | None) -> None:
+        if not labels or labels[-1] != label:
+            times.append(t)
+            labels.append(label)
+
+    last: float | None = None
+    for t, label in sorted(events, key=lambda e: e[0]):
+        if last is not None and t - last > tolerance_s:
+            change(last + tolerance_s, None)
+        change(t, label)
+        last = t
+    if last is not None:
+        change(last + tolerance_s, None)
+    return LabelTimeline(tuple(times), tuple(labels))
+
+
+def timeline_from_intervals(intervals: Iterable[Any]) -> LabelTimeline:
+    """``LabelInterval`` s (start, end, label; sorted, not overlapping) -> change points."""
+    times: list[float] = []
+    labels: list[str | None] = []
+    for iv in intervals:
+        if labels and times[-1] == iv.start:  # the previous interval's end marker
+            times.pop()
+            labels.pop()
+        if not labels or labels[-1] != iv.label:
+            times.append(iv.start)
+            labels.append(iv.label)
+        times.append(iv.end)
+        labels.append(None)
+    return LabelTimeline(tuple(times), tuple(labels))
+
+
+def read_label_timeline(data: Any, *, tolerance_s: float | None = None) -> LabelTimeline:
+    """The bag's ground-truth timeline from ``data.labels_csv`` or ``data.label_topic`` (a DataConfig)."""
+    from frozen_vlm_perception.conversions import stamp_to_seconds
+    from frozen_vlm_perception.data.bags import DEFAULT_LABEL_TOLERANCE_S, load_labels_csv, read_messages
+
+    if data.labels_csv:
+        return timeline_from_intervals(load_labels_csv(data.labels_csv))
+    if not data.label_topic:
+        return LabelTimeline((), ())
+    events = []
+    for _, receive_ns, msg in read_messages(data.bag, [data.label_topic]):
+        header = getattr(msg, "header", None)
+        t = stamp_to_seconds(header.stamp) if header is not None else receive_ns * 1e-9
+        events.append((t, str(getattr(msg, "label", None) or getattr(msg, "data", ""))))
+    tolerance = DEFAULT_LABEL_TOLERANCE_S if tolerance_s is None else tolerance_s
+    return timeline_from_events(events, tolerance)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring one answer
+
+
+@dataclass(frozen=True)
+class Scored:
+    correct: bool
+    activities: tuple[str, ...]  # activities the answer names
+    places: tuple[str, ...]  # place keys the answer names
+    invented: tuple[str, ...]  # invented scenery words
+    names_absent: bool
+    agrees_with_head: bool | None  # None: the answer names no activity, or no head label is known
+
+
+def score_answer(
+    family: str,
+    question: str,
+    answer: str,
+    *,
+    label: str,
+    place: str | None,
+    labels: Sequence[str],
+    place_keys: Sequence[str],
+    head_label: str | None = None,
+) -> Scored:
+    """Score ``answer`` to ``question`` of ``family`` about a scene whose truth is (label, place)."""
+    if family not in FAMILIES:
+        raise KeyError(f"unknown question family {family!r}; known: {FAMILY_NAMES}")
+    acts = named_activities(answer, labels)
+    places = named_places(answer, place_keys)
+    activity_ok = acts == [label]
+    place_ok = place is not None and places == [place]
+    said = yes_no(answer)
+    correct = {
+        "activity": activity_ok,
+        "place": place_ok,
+        "activity_place": activity_ok and place_ok,
+        "yes_no": family == "yes_no" and said is not None and said == yes_no_truth(question, label),
+    }[family]
+    extra_acts = [a for a in acts if a != label]
+    if family == "yes_no" and said is False:  # "No, the person is not sitting." names no absent activity
+        asked_about = set(named_activities(question, labels))
+        extra_acts = [a for a in extra_acts if a not in asked_about]
+    extra_places = [p for p in places if p != place]
+    invented: list[str] = []
+    if family != "yes_no":
+        invented = invented_scenery(answer, place_phrase(place).split() if place else ())
+    agrees = None if not acts or head_label is None else acts == [head_label]
+    return Scored(
+        correct=bool(correct),
+        activities=tuple(acts),
+        places=tuple(places),
+        invented=tuple(invented),
+        names_absent=bool(extra_acts or extra_places or invented),
+        agrees_with_head=agrees,
+    )
+
+
+def general_correct(answer: str, accepted: Iterable[str]) -> bool:
+    """True when ``answer`` contains one of the accepted words (whole word, case-insensitive)."""
+    return any(re.search(rf"\b{re.escape(word)}\b", answer, re.IGNORECASE) for word in accepted)
+
+
+def pick_wording(family: str, *, held_out: bool, index: int, label: str) -> str:
+    """The wording asked of scene ``index``: the family's list cycled by index; for yes/no, even
+    indices take a wording whose true answer is yes and odd ones a wording whose is no (each cycled),
+    where the label allows it."""
+    options = wordings(family, held_out=held_out)
+    if family == "yes_no":
+        want = index % 2 == 0
+        matching = [q for q in options if yes_no_truth(q, label) == want]
+        if matching:
+            return matching[(index // 2) % len(matching)]
+    return options[index % len(options)]
+
+
+def place_keys_for(known: Iterable[str | None]) -> list[str]:
+    """Candidate places an answer can name: the demo's photo keys and the bag's own place keys."""
+    from frozen_vlm_perception.data.photos import place_keys
+
+    return sorted(set(place_keys()) | {p for p in known if p})
+
+
+# --------------------------------------------------------------------------------------------------
+# Summaries
+
+
+def _share(rows: Sequence[dict[str, Any]], key: str = "correct") -> dict[str, Any]:
+    hits = sum(bool(r[key]) for r in rows)
+    return {"accuracy": hits / len(rows) if rows else float("nan"), "correct": hits, "n": len(rows)}
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-family accuracy tables and the shares from scored answer records (see ``record``)."""
+    out: dict[str, Any] = {}
+    for family in FAMILY_NAMES:
+        rows = [r for r in records if r["family"] == family]
+        out[family] = {}
+        for kind in WORDING_KINDS:
+            mine = [r for r in rows if r["held_out"] == (kind == "held_out")]
+            out[family][kind] = {
+                "settled": _share([r for r in mine if r.get("settled")]),
+                "all": _share(mine),
+            }
+        if family == "yes_no":
+            truths = [r["truth_yes"] for r in rows if r.get("truth_yes") is not None]
+            out[family]["truth_yes_share"] = float(np.mean(truths)) if truths else float("nan")
+    naming = [r for r in records if r["agrees_with_head"] is not None]
+    out["agrees_with_head"] = {
+        "share": _share(naming, "agrees_with_head")["accuracy"],
+        "agree": sum(bool(r["agrees_with_head"]) for r in naming),
+        "n": len(naming),
+        "by_family": {
+            f: _share([r for r in naming if r["family"] == f], "agrees_with_head") for f in FAMILY_NAMES
+        },
+    }
+    out["names_absent"] = {
+        "share": _share(records, "names_absent")["accuracy"],
+        "count": sum(bool(r["names_absent"]) for r in records),
+        "n": len(records),
+        "by_family": {
+            f: _share([r for r in records if r["family"] == f], "names_absent") for f in FAMILY_NAMES
+        },
+    }
+    out["accuracy"] = out["activity"]["trained"]["settled"]["accuracy"]
+    return out
+
+
+def record(
+    family: str,
+    question: str,
+    answer: str,
+    *,
+    held_out: bool,
+    label: str,
+    place: str | None,
+    settled: bool | None,
+    labels: Sequence[str],
+    place_keys: Sequence[str],
+    head_label: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One scored answer as a JSON-able dict (what ``summarize`` reads)."""
+    scored = score_answer(
+        family, question, answer, label=label, place=place, labels=labels, place_keys=place_keys,
+        head_label=head_label,
+    )  # fmt: skip
+    return {
+        "family": family,
+        "held_out": held_out,
+        "question": question,
+        "answer": answer,
+        "label": label,
+        "place": place,
+        "head_label": head_label,
+        "settled": settled,
+        "correct": scored.correct,
+        "names_absent": scored.names_absent,
+        "agrees_with_head": scored.agrees_with_head,
+        "named": {"activities": list(scored.activities), "places": list(scored.places)},
+        "invented": list(scored.invented),
+        "truth_yes": yes_no_truth(question, label) if family == "yes_no" else None,
+        **extra,
+    }
+
+
+def family_line(qa: dict[str, Any]) -> str:
+    """One line: per family, accuracy on settled scenes with trained / held-out wordings."""
+
+    def fmt(cell: dict[str, Any]) -> str:
+        return f"{cell['accuracy']:.2f}" if cell["n"] else "-"
+
+    parts = [
+        f"{f} {fmt(qa[f]['trained']['settled'])}/{fmt(qa[f]['held_out']['settled'])}"
+        for f in FAMILY_NAMES
+        if f in qa
+    ]
+    return "QA settled scenes, trained/held-out wording: " + ", ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# The offline evaluation
+
+
+def evaluate_qa(
+    pipeline: Any,
+    samples: Any,
+    target: np.ndarray,
+    head_pred: np.ndarray,
+    count: int = DEFAULT_SCENES,
+    settled_mask: np.ndarray | None = None,
+    *,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    general_scenes: int = GENERAL_SCENES,
+    general_questions: Sequence[tuple[str, Sequence[str]]] = GENERAL_QUESTIONS,
+    examples_per_family: int = EXAMPLES_PER_FAMILY,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The ``qa`` section of the report (module doc).
+
+    ``samples``: an EmbeddingSet; ``target`` / ``head_pred``: (M,) indices into the model's labels
+    (truth and the fused head's prediction); ``settled_mask``: (M,) bool (None: no scene is settled).
+    """
+    from tqdm.auto import tqdm
+
+    from frozen_vlm_perception.evaluation.evaluate import run_scene_model
+
+    labels = list(pipeline.config.labels)
+    language, device = pipeline.language, pipeline.device
+    picks = np.unique(np.linspace(0, len(samples) - 1, num=min(count, len(samples))).round().astype(int))
+    latents = run_scene_model(pipeline, samples.subset(picks), "fused")["latents"]
+    place_keys = place_keys_for(samples.place_names)
+    records: list[dict[str, Any]] = []
+    seconds = 0.0
+
+    def ask(scene, question: str) -> str:
+        nonlocal seconds
+        start = time.perf_counter()
+        text = language.generate(scene, question, max_new_tokens=max_new_tokens).text
+        seconds += time.perf_counter() - start
+        return text
+
+    bar = tqdm(list(enumerate(picks)), desc="QA", unit="scene", disable=not progress)
+    for row, index in bar:
+        index = int(index)
+        label, place = labels[int(target[index])], samples.place_of(index)
+        scene = latents[row].to(device)
+        for family in FAMILY_NAMES:
+            if FAMILIES[family].needs_place and place is None:
+                continue
+            for held_out in (False, True):
+                question = pick_wording(family, held_out=held_out, index=row, label=label)
+                records.append(
+                    record(
+                        family,
+                        question,
+                        ask(scene, question),
+                        held_out=held_out,
+                        label=label,
+                        place=place,
+                        settled=bool(settled_mask[index]) if settled_mask is not None else False,
+                        labels=labels,
+                        place_keys=place_keys,
+                        head_label=labels[int(head_pred[index])],
+                        stamp=float(samples.stamps[index]),
+                    )
+                )
+    bar.close()
+    result = summarize(records)
+    n_answers = len(records)
+    general_rows = np.unique(np.linspace(0, len(picks) - 1, num=min(general_scenes, len(picks))).round())
+    general, general_seconds, general_answers = _general(
+        language, general_questions, [latents[int(r)].to(device) for r in general_rows], max_new_tokens
+    )
+    result.update(
+        n_scenes=len(picks),
+        n_settled=int(settled_mask[picks].sum()) if settled_mask is not None else 0,
+        n_answers=n_answers,
+        seconds_per_answer=(seconds + general_seconds) / max(n_answers + general_answers, 1),
+        max_new_tokens=max_new_tokens,
+        general=general,
+        rules=dict(RULES),
+        examples=_examples(records, examples_per_family),
+    )
+    if log is not None:
+        log(f"[eval] QA: {n_answers + general_answers} answers, {result['seconds_per_answer']:.2f} s each")
+    return result
+
+
+def _general(
+    language: Any, questions: Sequence[tuple[str, Sequence[str]]], scenes: list, max_new_tokens: int
+) -> tuple[dict[str, Any], float, int]:
+    start = time.perf_counter()
+    rows, with_scene = [], []
+    for question, accepted in questions:
+        bare = language.generate(None, question, max_new_tokens=max_new_tokens).text
+        scened = [language.generate(s, question, max_new_tokens=max_new_tokens).text for s in scenes]
+        hits = [general_correct(a, accepted) for a in scened]
+        with_scene += hits
+        rows.append(
+            {
+                "question": question,
+                "accepted": list(accepted),
+                "no_scene": bare,
+                "no_scene_correct": general_correct(bare, accepted),
+                "with_scene": scened[0] if scened else None,
+                "with_scene_correct": sum(hits),
+                "with_scene_n": len(hits),
+            }
+        )
+    bare_hits = sum(r["no_scene_correct"] for r in rows)
+    general = {
+        "no_scene": {"accuracy": bare_hits / len(rows), "correct": bare_hits, "n": len(rows)},
+        "with_scene": {
+            "accuracy": sum(with_scene) / len(with_scene) if with_scene else float("nan"),
+            "correct": sum(with_scene),
+            "n": len(with_scene),
+            "scenes": len(scenes),
+        },
+        "answers": rows,
+    }
+    return general, time.perf_counter() - start, len(rows) * (1 + len(scenes))
+
+
+def _examples(records: Sequence[dict[str, Any]], per_family: int) -> dict[str, list[dict[str, Any]]]:
+    """A few answers per family, evenly spread over its records (trained and held-out wordings mix:
+    the records alternate between them scene by scene)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for family in FAMILY_NAMES:
+        rows = [r for r in records if r["family"] == family]
+        spread = np.unique(np.linspace(0, len(rows) - 1, num=min(per_family, len(rows))).round().astype(int))
+        if len(rows):
+            out[family] = [{key: rows[int(i)][key] for key in _EXAMPLE_KEYS} for i in spread]
+    return out
+
+
+_EXAMPLE_KEYS = ("question", "held_out", "answer", "label", "place", "settled", "correct", "names_absent")

@@ -62,9 +62,11 @@ CACHE_PREFIX = "smollm2-135m-instruct"
 CACHE_FORMAT = 1  # bump when the cache layout changes: old folders then fail the manifest check
 MANIFEST = "manifest.json"
 
-# Marks the scene's slot while the chat template is rendered. A private-use character cannot come
-# from a tokenizer's template, and questions containing it are refused, so the split is unambiguous.
+# Mark the scene's slot and the question's while the chat template is rendered. A private-use
+# character cannot come from a tokenizer's template, and questions containing it are refused, so the
+# split is unambiguous. The question is cut out and tokenized apart, as plain text (see _encode_text).
 _SENTINEL = "\ue000scene\ue000"
+_QUESTION_SLOT = "\ue000question\ue000"
 
 # Base models without a chat template get plain ChatML (the layout SmolLM2 was tuned on).
 _CHATML = (
@@ -283,6 +285,14 @@ class FrozenLanguageModel(nn.Module):
         if getattr(tokenizer, "chat_template", None) is None:
             log.warning("%s has no chat template; using plain ChatML", config.source)
             tokenizer.chat_template = _CHATML
+        self._prefix_kv: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # Every id that is a special or added token (chat markers, BOS/EOS, pad): never from user text.
+        self._control_ids = frozenset(tokenizer.all_special_ids) | frozenset(
+            i
+            for t, i in tokenizer.get_added_vocab().items()
+            if t in set(tokenizer.all_special_tokens)
+            or getattr(tokenizer.added_tokens_decoder.get(i), "special", False)
+        )
         self._end_of_turn_id = self._find_end_of_turn_id()
         self._eos_ids = frozenset(self._collect_eos_ids())
         # Computing logits only where they are needed saves a (T, vocab) matmul per prompt.
@@ -327,16 +337,14 @@ class FrozenLanguageModel(nn.Module):
 
     def prompt_text(self, question: str, *, with_scene: bool = True) -> str:
         """The rendered prompt as text, with the placeholder standing where the scene goes."""
-        pieces = self._prompt_pieces(question, with_scene=with_scene)
-        return self.config.scene_placeholder.join(pieces)
+        text = self._render(question, with_scene=with_scene).replace(_QUESTION_SLOT, question.strip())
+        return text.replace(_SENTINEL, self.config.scene_placeholder)
 
     def build_prompt(self, scene_tokens: torch.Tensor | None, question: str) -> torch.Tensor:
         """Scene (K, H) or None, and a question -> the prompt's input embeddings (1, T, H)."""
         scene = None if scene_tokens is None else self._check_scene(scene_tokens, batched=False)
-        ids = self._prompt_ids(question, with_scene=scene is not None)
-        parts = [self.embed_ids(ids[0])]
-        if scene is not None:
-            parts += [scene, self.embed_ids(ids[1])]
+        prefix, rest = self._prompt_ids(question, with_scene=scene is not None)
+        parts = [self.embed_ids(prefix)] + ([scene] if scene is not None else []) + [self.embed_ids(rest)]
         return torch.cat(parts).unsqueeze(0)
 
     # -- inference -------------------------------------------------------------------------------
@@ -358,10 +366,13 @@ class FrozenLanguageModel(nn.Module):
         ``stop_at_eos=False`` always decodes ``max_new_tokens`` tokens (for timing decoding speed).
         """
         start = time.perf_counter()
-        with torch.inference_mode():
-            prompt = self.build_prompt(scene_tokens, question)  # validates before any work
-        result = self.generate_from_embeds(
-            prompt,
+        with torch.inference_mode():  # validates before any work
+            scene = None if scene_tokens is None else self._check_scene(scene_tokens, batched=False)
+            prefix, rest = self._prompt_ids(question, with_scene=scene is not None)
+            tail = torch.cat(([scene] if scene is not None else []) + [self.embed_ids(rest)]).unsqueeze(0)
+        result = self._decode_greedy(
+            tail,
+            past=self._prefix_cache(prefix, batch=1),
             max_new_tokens=max_new_tokens,
             on_text=on_text,
             should_stop=should_stop,
@@ -384,26 +395,49 @@ class FrozenLanguageModel(nn.Module):
         The prompt runs once, then one token id at a time against the KV cache. Stops at any of
         ``eos_token_ids``, after ``max_new_tokens`` or when ``should_stop()`` returns True.
         """
+        if prompt.ndim != 3 or prompt.shape[0] != 1 or prompt.shape[2] != self.hidden_size:
+            raise ValueError(f"prompt must have shape (1, T, {self.hidden_size}), got {tuple(prompt.shape)}")
+        return self._decode_greedy(
+            prompt,
+            past=None,
+            max_new_tokens=max_new_tokens,
+            on_text=on_text,
+            should_stop=should_stop,
+            stop_at_eos=stop_at_eos,
+        )
+
+    @torch.inference_mode()
+    def _decode_greedy(
+        self,
+        prompt: torch.Tensor,
+        *,
+        past,
+        max_new_tokens: int | None,
+        on_text: Callable[[str], None] | None,
+        should_stop: Callable[[], bool] | None,
+        stop_at_eos: bool,
+    ) -> Generation:
+        """Greedy decoding of prompt embeddings (1, T, H) that continue the cache ``past`` (or None)."""
         start = time.perf_counter()
         limit = self.config.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         if limit < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if prompt.ndim != 3 or prompt.shape[0] != 1 or prompt.shape[2] != self.hidden_size:
-            raise ValueError(f"prompt must have shape (1, T, {self.hidden_size}), got {tuple(prompt.shape)}")
         ids: list[int] = []
         text, reason = "", "max_new_tokens"
-        past = None
+        first = True
         for _ in range(limit):
             if should_stop is not None and should_stop():
                 reason = "cancelled"
                 break
-            if past is None:
+            if first:
                 extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
-                out = self.lm(inputs_embeds=prompt.to(self.device, self.dtype), use_cache=True, **extra)
+                embeds = prompt.to(self.device, self.dtype)
+                out = self.lm(inputs_embeds=embeds, cache=past, use_cache=True, **extra)
+                first = False
             else:
                 step = torch.tensor([[ids[-1]]], device=self.device)
-                out = self.lm(input_ids=step, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+                out = self.lm(input_ids=step, cache=past, use_cache=True)
+            past = out.cache
             next_id = int(out.logits[0, -1].argmax())
             if stop_at_eos and next_id in self._eos_ids:
                 reason = "eos"
@@ -438,25 +472,81 @@ class FrozenLanguageModel(nn.Module):
                 f"got {batch} scenes, {len(questions)} questions and {len(answers)} answers; "
                 "they must match one to one"
             )
+        # Every row shares the prompt's prefix (system turn, template up to the scene): its keys and
+        # values come from the cache, computed once, and only [scene, question, answer] runs here.
+        prefix = None
         rows, targets = [], []
         for scene_b, question, answer in zip(scene, questions, answers, strict=True):
-            before, after = self._prompt_ids(question, with_scene=True)
+            prefix, rest = self._prompt_ids(question, with_scene=True)
             answer_ids = self._answer_ids(answer)
-            prompt = torch.cat([self.embed_ids(before), scene_b, self.embed_ids(after)])
-            rows.append(torch.cat([prompt, self.embed_ids(answer_ids)]))
-            targets.append(torch.cat([torch.full((len(prompt),), -100), answer_ids]))
+            rows.append(torch.cat([scene_b, self.embed_ids(rest), self.embed_ids(answer_ids)]))
+            targets.append(torch.cat([torch.full((len(scene_b) + len(rest),), -100), answer_ids]))
         width = max(len(row) for row in rows)
         embeds = torch.stack([F.pad(row, (0, 0, 0, width - len(row))) for row in rows])  # (B, T, H)
         labels = torch.stack([F.pad(t, (0, width - len(t)), value=-100) for t in targets]).to(self.device)
         mask = torch.stack([F.pad(torch.ones(len(row)), (0, width - len(row))) for row in rows])
+        mask = torch.cat([torch.ones(batch, len(prefix)), mask], dim=1)  # the cached prefix is attended
         # Only logits from the earliest last-prompt position on are needed (answers sit at the end).
         first_answer = int((labels != -100).float().argmax(dim=1).min())
         keep = width - first_answer + 1
         extra = {"logits_to_keep": keep} if self._logits_to_keep else {}
-        out = self.lm(inputs_embeds=embeds, attention_mask=mask.to(self.device, torch.long), **extra)
+        out = self.lm(
+            inputs_embeds=embeds,
+            attention_mask=mask.to(self.device, torch.long),
+            cache=self._prefix_cache(prefix, batch=batch),
+            use_cache=True,
+            **extra,
+        )
         logits = out.logits[:, -keep:-1].float()  # (B, keep - 1, V): position t predicts token t + 1
         wanted = labels[:, width - keep + 1 :]  # (B, keep - 1)
         return F.cross_entropy(logits.flatten(0, 1), wanted.flatten(), ignore_index=-100)
+
+    def answer_loss_full_prompt(
+        self, scene_tokens: torch.Tensor, questions: list[str], answers: list[str]
+    ) -> torch.Tensor:
+        """``answer_loss`` without the prefix cache: the whole prompt runs (the reference it must equal)."""
+        scene = self._check_scene(scene_tokens, batched=True)
+        rows, targets = [], []
+        for scene_b, question, answer in zip(scene, questions, answers, strict=True):
+            prefix, rest = self._prompt_ids(question, with_scene=True)
+            answer_ids = self._answer_ids(answer)
+            prompt = torch.cat([self.embed_ids(prefix), scene_b, self.embed_ids(rest)])
+            rows.append(torch.cat([prompt, self.embed_ids(answer_ids)]))
+            targets.append(torch.cat([torch.full((len(prompt),), -100), answer_ids]))
+        width = max(len(row) for row in rows)
+        embeds = torch.stack([F.pad(row, (0, 0, 0, width - len(row))) for row in rows])
+        labels = torch.stack([F.pad(t, (0, width - len(t)), value=-100) for t in targets]).to(self.device)
+        mask = torch.stack([F.pad(torch.ones(len(row)), (0, width - len(row))) for row in rows])
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask.to(self.device, torch.long))
+        logits = out.logits[:, :-1].float()
+        return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+    # -- prefix cache ----------------------------------------------------------------------------
+
+    def _prefix_cache(self, prefix: torch.Tensor, *, batch: int):
+        """A fresh KV cache holding ``prefix`` (ids (P,)) for ``batch`` rows.
+
+        The prefix is trusted template text (system turn, start of the user turn) that no question
+        and no scene changes, so its keys/values are computed once per (ids, device, dtype) and
+        only copied afterwards (a forward pass appends to the cache it is given).
+        """
+        from transformers import DynamicCache
+
+        key = (tuple(prefix.tolist()), str(self.device), self.dtype)
+        layers = self._prefix_kv.get(key)
+        if layers is None:
+            # Plain tensors even when called under inference_mode: training reuses them with autograd on.
+            with torch.inference_mode(False), torch.no_grad():
+                out = self.lm(input_ids=prefix[None].to(self.device), use_cache=True)
+            layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+            if len(self._prefix_kv) >= 8:  # a few system prompts at most; never grow without bound
+                self._prefix_kv.clear()
+            self._prefix_kv[key] = layers
+        cache = DynamicCache()
+        for index, (keys, values) in enumerate(layers):
+            shape = (batch, *keys.shape[1:])
+            cache.update(keys.expand(shape), values.expand(shape), index)
+        return cache
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -491,33 +581,45 @@ class FrozenLanguageModel(nn.Module):
             raise ValueError("scene tokens contain NaN or infinite values")
         return scene.to(self.device, self.dtype)
 
-    def _prompt_pieces(self, question: str, *, with_scene: bool) -> list[str]:
-        """The rendered chat prompt split where the scene goes: [before, after], or [whole]."""
-        question = self._check_question(question)
+    def _render(self, question: str, *, with_scene: bool) -> str:
+        """The chat prompt as text with _SENTINEL where the scene goes and _QUESTION_SLOT where the
+        (checked) question goes; the question itself is never rendered into template text."""
+        self._check_question(question)
         template, placeholder = self.config.user_template, self.config.scene_placeholder
         if not with_scene:  # drop the placeholder's line ("Scene: <scene>"), keep the question's
             lines = template.split("\n")
             lines = [line for line in lines if placeholder not in line or "{question}" in line]
             template = "\n".join(lines).replace(placeholder, "")
-        # Placeholder before question: a question that happens to contain "<scene>" stays text.
-        user = template.replace(placeholder, _SENTINEL).replace("{question}", question)
+        user = template.replace(placeholder, _SENTINEL).replace("{question}", _QUESTION_SLOT)
         messages = [{"role": "user", "content": user}]
         if self.config.system_prompt:
             messages.insert(0, {"role": "system", "content": self.config.system_prompt})
         text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        pieces = text.split(_SENTINEL)
-        if len(pieces) != (2 if with_scene else 1):
-            raise ValueError(f"the chat template did not keep the scene placeholder exactly once: {text!r}")
-        return pieces
+        if text.count(_SENTINEL) != int(with_scene) or text.count(_QUESTION_SLOT) != 1:
+            raise ValueError(
+                f"the chat template did not keep the scene and question slots exactly once: {text!r}"
+            )
+        return text
 
-    def _prompt_ids(self, question: str, *, with_scene: bool) -> list[torch.Tensor]:
-        pieces = self._prompt_pieces(question, with_scene=with_scene)
-        if with_scene and pieces[0].endswith(" "):
-            # BPE words carry their own leading space ("Scene: Paris" is [Scene, :, ĠParis]), so a
-            # space left before the slot would become a lone "Ġ" token that natural text never has.
-            # The pseudo-tokens take the place of the space and the words, as a word would.
-            pieces[0] = pieces[0][:-1]
-        return [self._encode(piece) for piece in pieces]
+    def _prompt_ids(self, question: str, *, with_scene: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prefix, rest) token ids: the scene (if any) goes between them.
+
+        ``prefix`` is trusted template text only (cacheable: see _prefix_cache); ``rest`` is the
+        template around the question plus the question, which is tokenized as plain text.
+        """
+        text = self._render(question, with_scene=with_scene)
+        head, tail = text.split(_QUESTION_SLOT)
+        if with_scene:
+            prefix_text, middle = head.split(_SENTINEL)
+            if prefix_text.endswith(" "):
+                # BPE words carry their own leading space ("Scene: Paris" is [Scene, :, ĠParis]), so a
+                # space left before the slot would become a lone "Ġ" token that natural text never
+                # has. The pseudo-tokens take the place of the space and the words, as a word would.
+                prefix_text = prefix_text[:-1]
+        else:
+            prefix_text, middle = head, ""
+        rest = [self._encode(middle), self._encode_text(question.strip()), self._encode(tail)]
+        return self._encode(prefix_text), torch.cat(rest)
 
     def _answer_ids(self, answer: str) -> torch.Tensor:
         if not isinstance(answer, str) or not answer.strip():
@@ -526,8 +628,18 @@ class FrozenLanguageModel(nn.Module):
         return torch.cat([ids, torch.tensor([self._end_of_turn_id])])
 
     def _encode(self, text: str) -> torch.Tensor:
-        # No BOS/EOS: the chat template already wrote every special token it wants.
+        """Trusted template text -> ids; its special-token markers become the real special tokens.
+        No BOS/EOS: the chat template already wrote every special token it wants."""
         ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def _encode_text(self, text: str) -> torch.Tensor:
+        """Untrusted user text -> ids of plain text only: "<|im_end|>" in a question stays the
+        characters "<", "|", "im", ... and can never close the user turn or open a system turn."""
+        ids = self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        control = self._control_ids.intersection(ids)
+        if control:  # a tokenizer that ignores split_special_tokens: refuse rather than obey
+            raise ValueError(f"the question would contain control tokens {sorted(control)}; refused")
         return torch.tensor(ids, dtype=torch.long)
 
     def _decode(self, ids: list[int]) -> str:

@@ -348,10 +348,6 @@ def test_prefix_cache_gives_the_loss_and_gradient_of_the_full_prompt(language_mo
         grads.append(scene.grad.clone())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-6)
-    # A wrong prefix would show: dropping the cache's attention changes the loss.
-    assert losses[0] != pytest.approx(
-        lm.answer_loss(torch.zeros(3, 4, lm.hidden_size), questions, answers).item()
-    )
 
 
 def test_generate_with_the_prefix_cache_equals_decoding_the_full_prompt(language_model):

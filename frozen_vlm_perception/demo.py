@@ -4,8 +4,12 @@
 2. starts the perception and reasoning nodes as a real separate process (the runner),
 3. plays the recording into them over Fast DDS, printing every activity label that comes back
    beside the ground truth,
-4. asks questions through the QueryScene service while the recording plays, prints the answers,
-5. prints a summary (accuracy, label latency p50/p99, frames labelled and dropped) and exits 0.
+4. asks questions of every family (activity, place, activity + place, yes/no; trained and held-out
+   wordings mixed) through the QueryScene service while the recording plays, prints each answer
+   beside the ground truth of the scene the node used and whether it is right (the rules of
+   ``fvp eval``: ``evaluation/qa.py``),
+5. prints a summary (accuracy, label latency p50/p99, frames labelled and dropped, and per family
+   the answers that were right out of those asked) and exits 0.
 
 Label latency is measured in this process as (ActivityLabel received) - (the same camera frame
 received here); both travel the same loopback, so this is the node's own delay plus one hop.
@@ -26,9 +30,24 @@ from pathlib import Path
 import numpy as np
 
 from frozen_vlm_perception.paths import cache_dir, default_model_dir
+from frozen_vlm_perception.questions import FAMILIES, FAMILY_NAMES, wordings
 
 READY_TIMEOUT_S = 180.0  # first run builds the LM cache (about 25 s) on top of loading both models
-QUESTIONS = ("What is the person doing?", "Where is the person and what are they doing?")
+# Moments (share of the played time) at which every family is asked; a round takes several seconds
+# (one answer per family), so the last one starts well before the end. Rounds the playback did not
+# reach are asked right after it (the nodes keep the latest scene).
+ASK_AT = (0.2, 0.45, 0.7)
+
+
+def demo_questions(moment: int) -> list[tuple[str, bool, str]]:
+    """(family, held_out, question) asked at the ``moment``-th ask: one wording per family, trained
+    and held-out alternating between families and moments, each list cycled by moment."""
+    out = []
+    for k, family in enumerate(FAMILY_NAMES):
+        held_out = (moment + k) % 2 == 1
+        options = wordings(family, held_out=held_out)
+        out.append((family, held_out, options[moment % len(options)]))
+    return out
 
 
 @dataclass
@@ -149,7 +168,6 @@ def play_and_listen(bag: Path, seconds: float, truth):
 
     from frozen_vlm_perception.conversions import stamp_to_ns
     from frozen_vlm_perception.nodes.player import play_bag
-    from frozen_vlm_perception.nodes.query_client import QueryError, query
     from frozen_vlm_perception_interfaces.msg import ActivityLabel
 
     tally = Tally()
@@ -197,27 +215,19 @@ def play_and_listen(bag: Path, seconds: float, truth):
     player.start()
     answers = []
     started = time.monotonic()
-    ask_at = [seconds * f for f in (0.3, 0.6, 0.9)]
+    ask_at = [seconds * f for f in ASK_AT]
+    moment = 0
     try:
         while player.is_alive() and time.monotonic() - started < seconds + 2.0:
             if ask_at and time.monotonic() - started >= ask_at[0]:
                 ask_at.pop(0)
-                for question in QUESTIONS:
-                    try:
-                        response = query(question, timeout=60.0)
-                    except QueryError as err:
-                        print(f"[demo] question failed: {err}", flush=True)
-                        continue
-                    stamp = response.scene_stamp.sec * 10**9 + response.scene_stamp.nanosec
-                    activity, place, _ = truth(stamp)
-                    answers.append((question, response, activity, place))
-                    print(
-                        f"\n  Q: {question}\n  A: {response.answer or response.message}\n"
-                        f"     (scene {response.activity} {response.confidence:.2f}; truth {activity} "
-                        f"at the {place}; {response.latency:.2f} s)\n",
-                        flush=True,
-                    )
+                for family, held_out, question in demo_questions(moment):
+                    answers.append(ask_one(family, held_out, question, truth))
+                moment += 1
             time.sleep(0.1)
+        for late in range(moment, len(ASK_AT)):
+            for family, held_out, question in demo_questions(late):
+                answers.append(ask_one(family, held_out, question, truth))
     finally:
         stop.set()
         player.join(timeout=10)
@@ -228,9 +238,49 @@ def play_and_listen(bag: Path, seconds: float, truth):
     return tally, answers, (stats_box[0] if stats_box else None)
 
 
-def summarize(tally: Tally, answers, stats, truth) -> int:
-    from frozen_vlm_perception.evaluation.metrics import answer_names_label
+def ask_one(family: str, held_out: bool, question: str, truth) -> dict:
+    """Ask one question through QueryScene, print it beside the truth of the scene used, score it."""
+    from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS
+    from frozen_vlm_perception.evaluation.qa import place_keys_for, score_answer
+    from frozen_vlm_perception.nodes.query_client import QueryError, query
 
+    entry = {"family": family, "held_out": held_out, "question": question, "correct": False}
+    kind = "held-out" if held_out else "trained"
+    try:
+        response = query(question, timeout=60.0)
+    except QueryError as err:
+        print(f"[demo] question failed: {err}", flush=True)
+        return entry
+    stamp = response.scene_stamp.sec * 10**9 + response.scene_stamp.nanosec
+    activity, place, _ = truth(stamp)
+    entry.update(success=bool(response.success), answer=response.answer, activity=activity, place=place)
+    verdict = "not scored (no truth for this scene)"
+    if response.success and activity is not None and (place is not None or not FAMILIES[family].needs_place):
+        scored = score_answer(
+            family,
+            question,
+            response.answer,
+            label=activity,
+            place=place,
+            labels=DEFAULT_ACTIVITY_LABELS,
+            place_keys=place_keys_for([place]),
+        )
+        entry["correct"] = scored.correct
+        verdict = "right" if scored.correct else "wrong"
+        if scored.names_absent:
+            verdict += ", names something not in the scene"
+    elif not response.success:
+        verdict = "not answered"
+    print(
+        f"\n  Q [{family}, {kind} wording]: {question}\n  A: {response.answer or response.message}\n"
+        f"     ({verdict}; truth {activity} at the {place}; scene {response.activity} "
+        f"{response.confidence:.2f}; {response.latency:.2f} s)\n",
+        flush=True,
+    )
+    return entry
+
+
+def summarize(tally: Tally, answers, stats, truth) -> int:
     with tally.lock:
         labels = list(tally.labels)
         frames = dict(tally.frames_seen)
@@ -239,13 +289,6 @@ def summarize(tally: Tally, answers, stats, truth) -> int:
     correct_settled = [label == activity for label, activity, _, settled in scored if settled]
     latencies = [1000.0 * (t - frames[stamp]) for stamp, *_, t in labels if stamp in frames]
     published = stats.published.get("/camera/image_raw", 0) if stats else len(frames)
-    from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS
-
-    qa_hits = [
-        answer_names_label(response.answer, activity, DEFAULT_ACTIVITY_LABELS)
-        for question, response, activity, _ in answers
-        if question == QUESTIONS[0] and activity is not None and response.success
-    ]
     print("\n[demo] summary")
     print(f"  frames published          {published}")
     print(
@@ -265,10 +308,12 @@ def summarize(tally: Tally, answers, stats, truth) -> int:
             f"p99 {np.percentile(latencies, 99):.0f} ms (frame received -> label received, another process)"
         )
     if answers:
-        print(
-            f"  questions answered        {sum(r.success for _, r, _, _ in answers)}/{len(answers)}; "
-            f"'{QUESTIONS[0]}' named the true activity {sum(qa_hits)}/{len(qa_hits)} times"
-        )
+        answered = sum(bool(a.get("success")) for a in answers)
+        print(f"  questions answered        {answered}/{len(answers)}; answers right / asked, per family:")
+        for family in FAMILY_NAMES:
+            mine = [a for a in answers if a["family"] == family]
+            if mine:
+                print(f"    {family:<22}  {sum(a['correct'] for a in mine)}/{len(mine)}")
     if not labels:
         print("[demo] no labels came back: is another process using this ROS_DOMAIN_ID?", file=sys.stderr)
         return 1

@@ -8,11 +8,11 @@ Four families, each with several wordings. The ``trained`` wordings are what sta
 ``held_out`` wordings are never used in training, so evaluation measures whether the scene reaches
 the LM whatever the wording, not whether the adapter memorised a template::
 
-    activity        "What is the person doing?"               -> "The person is walking upstairs."
-    place           "Where is the person?"                    -> "The person is next to a cat."
-    activity_place  "Describe the scene."                     -> "The person is walking upstairs next to a cat."
-    yes_no          "Is the person moving?"                   -> "Yes, the person is walking upstairs."
-                    "Is the person lying down?"               -> "No, the person is sitting."
+    activity        "What is the person doing?" -> "The person is walking upstairs."
+    place           "Where is the person?"      -> "The person is next to a cat."
+    activity_place  "Describe the scene."       -> "The person is walking upstairs next to a cat."
+    yes_no          "Is the person moving?"     -> "Yes, the person is walking upstairs."
+                    "Is the person lying down?" -> "No, the person is sitting."
 
 The place families need the camera (an IMU window cannot know the place). General-knowledge
 questions ("What is the capital of France?") are the control: the frozen LM must answer them as
@@ -150,6 +150,23 @@ GENERAL_QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# General questions stage 2 asks with a scene in the prompt, teaching the LM's *own* no-scene
+# answers, so the pseudo-tokens learn not to drown its knowledge. Disjoint from GENERAL_QUESTIONS,
+# which evaluation keeps for itself.
+GENERAL_TRAINING_QUESTIONS: tuple[str, ...] = (
+    "What is the capital of Italy?",
+    "What is 3 plus 4?",
+    "What color is grass?",
+    "How many wheels does a bicycle have?",
+    "What is the opposite of up?",
+    "What animal says meow?",
+    "What is the boiling point of water in Celsius?",
+    "How many hours are in a day?",
+    "What is the capital of Japan?",
+    "What do cows drink?",
+)
+
+
 @dataclass(frozen=True)
 class QA:
     question: str
@@ -164,6 +181,12 @@ def place_phrase(place: str) -> str:
 
     known = PLACES_BY_KEY.get(place)
     return known.phrase if known is not None else f"at {place.replace('_', ' ')}"
+
+
+def scene_caption(label: str, place: str | None) -> str:
+    """The scene in a few words, the text its pseudo-tokens are warm-started towards:
+    "walking upstairs next to a cat", or "walking upstairs" without a place (or without a frame)."""
+    return label if place is None else f"{label} {place_phrase(place)}"
 
 
 def reference_answer(family: str, question: str, label: str, place: str | None) -> str:

@@ -51,6 +51,14 @@ class SceneModel(nn.Module):
         self.head = ActivityHead(dim=lm_dim, num_labels=len(config.labels))
 
     @property
+    def num_scene_tokens(self) -> int:
+        """K: pseudo-tokens per scene that the LM reads (latents of the resampler, or the linear
+        adapter's tokens)."""
+        if self.config.adapter.kind == "resampler":
+            return self.config.adapter.num_latents
+        return self.config.adapter.num_tokens
+
+    @property
     def dims(self) -> dict[str, int]:
         """The dimensions a checkpoint must agree with."""
         return {

@@ -32,7 +32,7 @@ import logging
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,12 @@ from frozen_vlm_perception.checkpoint import (
 )
 from frozen_vlm_perception.config import ModelConfig, SyncConfig
 from frozen_vlm_perception.nn.model import SceneModel
+from frozen_vlm_perception.questions import (
+    GENERAL_TRAINING_QUESTIONS,
+    families_for,
+    make_qa,
+    scene_caption,
+)
 from frozen_vlm_perception.training import distributed
 from frozen_vlm_perception.training.align import _data_record, _progress, _say
 from frozen_vlm_perception.training.common import (
@@ -69,8 +75,7 @@ from frozen_vlm_perception.training.dataset import (
     EncoderFactory,
     load_train_val,
 )
-from frozen_vlm_perception.training.losses import supervised_ce
-from frozen_vlm_perception.questions import make_qa
+from frozen_vlm_perception.training.losses import embedding_mse, supervised_ce
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +137,8 @@ def train_adapter(
         lm_dim=dims["lm_dim"],
     )
     load_state_into(model_dir, scene_model)
+    if train.reinit:
+        reinit_stage2_parts(scene_model, seed=train.seed)
     scene_model.to(ctx.device)
     language = language if language is not None else _load_language(config, ctx.device)
     if language.hidden_size != dims["lm_dim"]:
@@ -144,6 +151,14 @@ def train_adapter(
 
     dataset = EmbeddingDataset(train_set, config.labels, with_tokens=True)
     loader = _loader(dataset, train.batch_size, train.seed, ctx)
+    task = LmTask(
+        language=language,
+        labels=list(config.labels),
+        place_names=train_set.place_names,
+        num_tokens=scene_model.num_scene_tokens,
+        general=general_answers(language, GENERAL_TRAINING_QUESTIONS) if train.p_general > 0 else (),
+        p_general=train.p_general,
+    )
     total_steps = min(train.max_steps, train.epochs * len(loader))
     val_every = train.val_every or len(loader)
     rng = random.Random(train.seed * 1000 + ctx.rank)  # modality dropout, alpha jitter, question choice
@@ -159,7 +174,7 @@ def train_adapter(
     def validate(record: dict[str, float]) -> bool:
         """Validate, log, keep the best trainable state; True when early stopping says stop."""
         started = time.perf_counter()
-        record.update(evaluate_adapter(scene_model, language, val_set, config, train, ctx))
+        record.update(evaluate_adapter(scene_model, task, val_set, config, train, ctx))
         record["val_seconds"] = time.perf_counter() - started
         history.evals.append(record)
         improved = stopper.step(record[train.monitor])
@@ -170,6 +185,16 @@ def train_adapter(
 
     # Step 0: the untrained adapter through the frozen LM, the baseline for everything after.
     stop = validate({"step": 0, "epoch": 0, "lr": 0.0})
+    if train.caption_steps > 0:
+        started = time.perf_counter()
+        caption = caption_warm_start(model, optimizer, loader, task, train, config, rng, ctx.device)
+        history.steps.extend(caption)
+        _say(
+            ctx,
+            f"caption warm start: {len(caption)} steps in {time.perf_counter() - started:.1f} s, "
+            f"caption loss {caption[0]['caption']:.3f} -> {caption[-1]['caption']:.3f}",
+        )
+        stop = validate({"step": 0, "epoch": 0, "lr": 0.0, "after_caption_steps": float(len(caption))})
     step = 0
     bar = _progress(range(total_steps), show, "adapter")
     for epoch in range(train.epochs):
@@ -182,18 +207,7 @@ def train_adapter(
             lr = lr_at(step, base_lr=train.lr, warmup_steps=train.warmup_steps, total_steps=total_steps)
             set_lr(optimizer, lr)
             with_lm = step % train.lm_loss_every == 0
-            losses = _train_step(
-                model,
-                optimizer,
-                language,
-                batch,
-                train,
-                config,
-                train_set.place_names,
-                rng,
-                with_lm,
-                ctx.device,
-            )
+            losses = _train_step(model, optimizer, task, batch, train, config, rng, with_lm, ctx.device)
             step += 1
             history.steps.append({"step": step, "epoch": epoch + 1, "lr": lr, **losses})
             bar.update(1)
@@ -235,19 +249,110 @@ def set_train_mode(scene_model: SceneModel) -> None:
     scene_model.imu_encoder.eval()
 
 
+def reinit_stage2_parts(scene_model: SceneModel, *, seed: int) -> None:
+    """Fresh fusion, adapter and head (initialised as a new SceneModel with ``seed`` would be); the
+    IMU encoder of stage 1 is kept. Makes stage 2 repeatable from any folder with the same encoder."""
+    torch.manual_seed(seed)
+    fresh = SceneModel(
+        config=scene_model.config,
+        vision_dim=scene_model.dims["vision_dim"],
+        vision_tokens=scene_model.dims["vision_tokens"],
+        lm_dim=scene_model.lm_dim,
+    )
+    state = {k: v for k, v in fresh.state_dict().items() if not k.startswith("imu_encoder.")}
+    scene_model.load_state_dict(state, strict=False)
+
+
+@dataclass
+class LmTask:
+    """What the LM is taught: question/answer pairs from labels, caption targets, general answers."""
+
+    language: Any
+    labels: list[str]
+    place_names: list[str]
+    num_tokens: int  # K pseudo-tokens per scene
+    general: tuple[tuple[str, str], ...] = ()  # (question, the LM's own answer without a scene)
+    p_general: float = 0.0
+    _captions: dict[str, Tensor] = field(default_factory=dict)
+
+    def place(self, place_id: int) -> str | None:
+        return self.place_names[place_id] if place_id >= 0 else None
+
+    def caption_targets(self, captions: list[str]) -> Tensor:
+        """The LM's input embeddings of each caption's tokens, tiled to K tokens: (B, K, H)."""
+        rows = []
+        for caption in captions:
+            if caption not in self._captions:
+                ids = self.language.tokenizer(" " + caption, add_special_tokens=False)["input_ids"]
+                ids = (ids * (self.num_tokens // len(ids) + 1))[: self.num_tokens]  # tile, then cut
+                with torch.no_grad():
+                    self._captions[caption] = self.language.embed_ids(torch.tensor(ids)).float()
+            rows.append(self._captions[caption])
+        return torch.stack(rows)
+
+
+def general_answers(language, questions: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The frozen LM's own greedy answers to ``questions`` with no scene (what it should keep saying)."""
+    pairs = []
+    for question in questions:
+        text = language.generate(None, question, max_new_tokens=32).text
+        if text:
+            pairs.append((question, text))
+    return tuple(pairs)
+
+
+def caption_loss(
+    task: LmTask, latents: Tensor, batch: dict[str, Tensor], has_vision: Tensor
+) -> Tensor | None:
+    """Pseudo-tokens (B, K, H) of the labelled samples towards their caption's word embeddings."""
+    labels = batch["label"].tolist()
+    chosen = [i for i, lab in enumerate(labels) if lab >= 0]
+    if not chosen:
+        return None
+    captions = [
+        scene_caption(
+            task.labels[labels[i]], task.place(int(batch["place_id"][i])) if has_vision[i] else None
+        )
+        for i in chosen
+    ]
+    target = task.caption_targets(captions).to(latents.device, latents.dtype)
+    return embedding_mse(latents[chosen], target)
+
+
+def caption_warm_start(model, optimizer, loader, task, train, config, rng, device) -> list[dict[str, float]]:
+    """``train.caption_steps`` steps of head CE + caption loss: no LM forward, milliseconds each."""
+    steps: list[dict[str, float]] = []
+    while len(steps) < train.caption_steps:
+        for batch in loader:
+            set_train_mode(model.module if hasattr(model, "module") else model)
+            lr = lr_at(
+                len(steps), base_lr=train.lr, warmup_steps=train.warmup_steps, total_steps=train.caption_steps
+            )
+            set_lr(optimizer, lr)
+            losses = _train_step(
+                model, optimizer, task, batch, train, config, rng, False, device, caption_only=True
+            )
+            steps.append({"step": 0, "caption_step": len(steps) + 1, "lr": lr, **losses})
+            if len(steps) >= train.caption_steps:
+                break
+    return steps
+
+
 def _train_step(
     model,
     optimizer,
-    language,
+    task: LmTask,
     batch,
     train: AdapterTrainConfig,
     config: ModelConfig,
-    place_names: list[str],
     rng: random.Random,
     with_lm: bool,
     device,
+    *,
+    caption_only: bool = False,
 ) -> dict[str, float]:
-    """One optimizer step: modality dropout, jittered alpha, head CE (+ the LM loss when with_lm)."""
+    """One optimizer step: modality dropout, jittered alpha, head CE (+ the LM loss when with_lm;
+    + the caption loss, alone when ``caption_only``)."""
     has_vision, has_imu = sample_modalities(batch["has_imu"], train, rng)
     alpha = jittered_alpha(config.fusion.alpha, train.alpha_jitter, rng)
     out = model(
@@ -262,10 +367,14 @@ def _train_step(
     ce = supervised_ce(out.logits, labels)
     loss = train.ce_weight * ce
     losses = {"ce": ce.detach().item()}
-    if with_lm:
-        lm = lm_loss(
-            language, out.latents, batch, has_vision, place_names, config.labels, train.lm_batch_size, rng
-        )
+    caption_weight = 1.0 if caption_only else train.caption_weight
+    if caption_weight > 0:
+        caption = caption_loss(task, out.latents, batch, has_vision)
+        if caption is not None:
+            loss = loss + caption_weight * caption
+            losses["caption"] = caption.detach().item()
+    if with_lm and not caption_only:
+        lm = lm_loss(task, out.latents, batch, has_vision, train.lm_batch_size, rng)
         if lm is not None:
             loss = loss + train.lm_weight * lm
             losses["lm_loss"] = lm.detach().item()
@@ -279,31 +388,41 @@ def _train_step(
 
 
 def lm_loss(
-    language,
+    task: LmTask,
     latents: Tensor,
     batch: dict[str, Tensor],
     has_vision: Tensor,
-    place_names: list[str],
-    model_labels: list[str],
     limit: int,
     rng: random.Random | None,
 ) -> Tensor | None:
     """The frozen LM's answer loss for up to ``limit`` labelled samples of the batch (None if none).
 
-    latents (B, L, H); batch["label"] indexes ``model_labels``, batch["place_id"] ``place_names``.
-    Returns a scalar; rng None picks the deterministic question of each sample."""
+    latents (B, L, H); batch["label"] indexes ``task.labels``, batch["place_id"] ``task.place_names``.
+    With ``rng`` (training) each sample gets a random family and wording (questions.make_qa), or,
+    with probability ``task.p_general``, a general question and the LM's own no-scene answer. Without
+    (validation) the families the sample can answer are cycled by its position, trained wordings.
+    Returns a scalar."""
     labels = batch["label"].tolist()
     chosen = [i for i, lab in enumerate(labels) if lab >= 0][:limit]
     if not chosen:
         return None
     questions, answers = [], []
-    for i in chosen:
-        place_id = int(batch["place_id"][i])
-        place = place_names[place_id] if place_id >= 0 else None
-        qa = make_qa(model_labels[labels[i]], place, has_vision=bool(has_vision[i]), rng=rng)
-        questions.append(qa.question)
-        answers.append(qa.answer)
-    return language.answer_loss(latents[chosen], questions, answers)
+    for n, i in enumerate(chosen):
+        place = task.place(int(batch["place_id"][i]))
+        vision = bool(has_vision[i])
+        if rng is not None and task.general and rng.random() < task.p_general:
+            question, answer = rng.choice(task.general)
+        elif rng is not None:
+            qa = make_qa(task.labels[labels[i]], place, has_vision=vision, rng=rng)
+            question, answer = qa.question, qa.answer
+        else:
+            possible = families_for(place, has_vision=vision)
+            family = possible[n % len(possible)]
+            qa = make_qa(task.labels[labels[i]], place, has_vision=vision, family=family, index=n)
+            question, answer = qa.question, qa.answer
+        questions.append(question)
+        answers.append(answer)
+    return task.language.answer_loss(latents[chosen], questions, answers)
 
 
 def sample_modalities(
@@ -328,7 +447,7 @@ def jittered_alpha(alpha: float, jitter: float, rng: random.Random) -> float:
 @torch.no_grad()
 def evaluate_adapter(
     scene_model: SceneModel,
-    language,
+    task: LmTask,
     val_set: EmbeddingSet,
     config: ModelConfig,
     train: AdapterTrainConfig,
@@ -368,9 +487,7 @@ def evaluate_adapter(
         out = _forward(scene_model, val_set, chunk, "fused", ctx.device)
         batch = {"label": labels[chunk], "place_id": val_set.place_id[chunk]}
         has_vision = torch.ones(len(chunk), dtype=torch.bool)
-        loss = lm_loss(
-            language, out.latents, batch, has_vision, val_set.place_names, config.labels, len(chunk), None
-        )
+        loss = lm_loss(task, out.latents, batch, has_vision, len(chunk), None)
         if loss is not None:
             total += float(loss) * len(chunk)
             count += len(chunk)

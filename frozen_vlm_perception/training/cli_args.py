@@ -175,6 +175,15 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     _option(stage, defaults, "lm_weight", float)
     _option(stage, defaults, "ce_weight", float)
     _option(stage, defaults, "alpha_jitter", float, "fusion alpha ~ U(alpha -+ this) per batch")
+    _option(stage, defaults, "caption_steps", int, "warm-start steps towards caption embeddings (no LM)")
+    _option(stage, defaults, "caption_weight", float, "caption loss weight during the LM steps")
+    _option(stage, defaults, "p_general", float, "share of LM samples with a general-knowledge question")
+    stage.add_argument(
+        "--reinit",
+        action="store_true",
+        default=None,
+        help="fresh fusion, adapter and head (seeded) instead of the folder's; the IMU encoder is kept",
+    )
     stage.add_argument(
         "--modality-probs",
         type=float,

@@ -116,6 +116,13 @@ class AdapterTrainConfig:
     # Each batch uses alpha ~ U(alpha - j, alpha + j) (clipped to [0.05, 0.95]) so the alpha override
     # users have at inference (pipeline.encode(alpha=...), the node parameter) stays in distribution.
     alpha_jitter: float = 0.2
+    # Warm start: this many cheap steps (no LM forward) first pull the pseudo-tokens towards the LM's
+    # own embeddings of the scene's caption ("walking upstairs next to a cat"), so the LM starts by
+    # reading words it knows; the LM loss then refines them.
+    caption_steps: int = 300
+    caption_weight: float = 0.0  # the caption loss's weight during the LM steps (a regulariser)
+    p_general: float = 0.1  # share of LM samples that ask a general question, taught its no-scene answer
+    reinit: bool = False  # start fusion, adapter and head from a fresh init (the IMU encoder is kept)
     val_every: int = 0  # validate every n steps; 0: after every epoch
     val_lm_samples: int = 32  # validation samples that go through the LM
     patience: int = 4  # validations without improvement before stopping
@@ -127,8 +134,10 @@ class AdapterTrainConfig:
     def validate(self) -> None:
         for name in ("epochs", "max_steps", "batch_size", "lm_loss_every", "lm_batch_size", "patience"):
             _positive(name, getattr(self, name))
-        if self.lr <= 0 or self.lm_weight < 0 or self.ce_weight < 0:
-            raise ConfigError("lr must be > 0, lm_weight and ce_weight >= 0")
+        if self.lr <= 0 or self.lm_weight < 0 or self.ce_weight < 0 or self.caption_weight < 0:
+            raise ConfigError("lr must be > 0, lm_weight, ce_weight and caption_weight >= 0")
+        if self.caption_steps < 0 or not 0 <= self.p_general <= 1:
+            raise ConfigError("caption_steps must be >= 0 and p_general in [0, 1]")
         probs = (self.p_fused, self.p_vision, self.p_imu)
         if min(probs) < 0 or sum(probs) <= 0:
             raise ConfigError(f"modality probabilities must be >= 0 and not all 0, got {probs}")

@@ -92,3 +92,9 @@ def retrieval_recall(query: Tensor, keys: Tensor, ks: tuple[int, ...] = (1, 5)) 
     positive = sims.diagonal()[:, None]
     ahead = (sims >= positive).sum(dim=1) - 1  # (N,) keys at least as similar, the positive excluded
     return {k: float((ahead < k).float().mean()) for k in ks}
+
+
+def embedding_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error of pseudo-tokens to target embeddings, relative to the targets' own mean
+    square (so 1.0 = as far as predicting zeros). pred, target (B, K, H) -> scalar."""
+    return F.mse_loss(pred, target) / target.pow(2).mean().clamp_min(1e-12)

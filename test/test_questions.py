@@ -1,0 +1,99 @@
+"""Question families and reference answers (shared by stage 2 and evaluation)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from frozen_vlm_perception import questions as Q
+from frozen_vlm_perception.answers import named_activities, named_places, yes_no
+
+LABELS = ["walking", "walking upstairs", "walking downstairs", "sitting", "standing", "lying"]
+
+
+def test_every_family_has_trained_and_held_out_wordings_that_never_overlap():
+    for family in Q.FAMILIES.values():
+        assert len(family.trained) >= 4 and len(family.held_out) >= 3, family.name
+        assert not set(family.trained) & set(family.held_out), family.name
+    every = [q for f in Q.FAMILIES.values() for q in f.trained + f.held_out]
+    assert len(every) == len(set(every))  # no wording in two families
+    assert set(Q.YES_NO_PREDICATE) == set(Q.FAMILIES["yes_no"].trained + Q.FAMILIES["yes_no"].held_out)
+    general = {q for q, _ in Q.GENERAL_QUESTIONS}
+    assert not general & set(Q.GENERAL_TRAINING_QUESTIONS)  # evaluation's control stays unseen
+
+
+@pytest.mark.parametrize(
+    ("family", "question", "label", "place", "answer"),
+    [
+        ("activity", "What is the person up to?", "walking upstairs", None,
+         "The person is walking upstairs."),
+        ("place", "Where are we?", "sitting", "cat", "The person is next to a cat."),
+        ("activity_place", "Describe the scene.", "lying", "coffee",
+         "The person is lying at a table with a cup of coffee."),
+        ("yes_no", "Is the person moving?", "walking downstairs", None,
+         "Yes, the person is walking downstairs."),
+        ("yes_no", "Is the person lying down?", "sitting", None, "No, the person is sitting."),
+        ("yes_no", "Is the person on the stairs?", "walking", None, "No, the person is walking."),
+        ("activity_place", "Describe the scene.", "standing", "garage_2",
+         "The person is standing at garage 2."),
+    ],
+)  # fmt: skip
+def test_reference_answers(family, question, label, place, answer):
+    assert Q.reference_answer(family, question, label, place) == answer
+
+
+def test_reference_answers_pass_their_own_scoring_rules():
+    """Every trained answer is what evaluation scores as right (the two modules agree)."""
+    places = ["coffee", "cat", "astronaut", "rocket", "motorcycle"]
+    for label in LABELS:
+        for place in places:
+            for family in Q.FAMILY_NAMES:
+                for question in Q.wordings(family) + Q.wordings(family, held_out=True):
+                    answer = Q.reference_answer(family, question, label, place)
+                    assert named_activities(answer, LABELS) == ([] if family == "place" else [label])
+                    if Q.FAMILIES[family].needs_place:
+                        assert named_places(answer, places) == [place]
+                    if family == "yes_no":
+                        assert yes_no(answer) == Q.yes_no_truth(question, label)
+
+
+def test_place_families_need_a_frame_and_a_place():
+    assert Q.families_for("cat", has_vision=True) == list(Q.FAMILY_NAMES)
+    assert Q.families_for("cat", has_vision=False) == ["activity", "yes_no"]
+    assert Q.families_for(None, has_vision=True) == ["activity", "yes_no"]
+    with pytest.raises(ValueError, match="place"):
+        Q.make_qa("sitting", None, has_vision=True, family="place")
+    rng = random.Random(0)
+    imu_only = {Q.make_qa("sitting", "cat", has_vision=False, rng=rng).family for _ in range(200)}
+    assert imu_only == {"activity", "yes_no"}
+
+
+def test_training_draws_cover_families_wordings_and_balance_yes_no():
+    rng = random.Random(0)
+    draws = [Q.make_qa("lying", "rocket", has_vision=True, rng=rng) for _ in range(4000)]
+    families = Counter(d.family for d in draws)
+    assert set(families) == set(Q.FAMILY_NAMES) and min(families.values()) > 800
+    asked = {d.question for d in draws}
+    trained = {q for f in Q.FAMILY_NAMES for q in Q.wordings(f)}
+    assert asked == trained  # every trained wording, no held-out one
+    answers = Counter(yes_no(d.answer) for d in draws if d.family == "yes_no")
+    # "lying" is the yes of only one of the five predicates; the draw still balances yes and no.
+    assert abs(answers[True] - answers[False]) < 0.1 * sum(answers.values())
+
+
+def test_evaluation_draws_are_deterministic_and_cycle_wordings():
+    held = Q.wordings("activity", held_out=True)
+    got = [
+        Q.make_qa("sitting", None, has_vision=True, family="activity", held_out=True, index=i)
+        for i in range(6)
+    ]
+    assert [g.question for g in got] == list(held) * 2
+    assert Q.make_qa("sitting", "cat", has_vision=True).family == "activity_place"
+    assert Q.make_qa("sitting", None, has_vision=True).family == "activity"
+
+
+def test_scene_caption():
+    assert Q.scene_caption("walking upstairs", "cat") == "walking upstairs next to a cat"
+    assert Q.scene_caption("lying", None) == "lying"

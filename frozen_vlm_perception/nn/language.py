@@ -381,6 +381,55 @@ class FrozenLanguageModel(nn.Module):
         return dataclasses.replace(result, seconds=time.perf_counter() - start)
 
     @torch.inference_mode()
+    def generate_batch(
+        self, scene_tokens: torch.Tensor, question: str, *, max_new_tokens: int | None = None
+    ) -> list[Generation]:
+        """Greedy answers to one ``question`` about B scenes (B, K, H), decoded together.
+
+        Every row has the same prompt length (same question, K tokens each), so no padding is
+        needed; decoding runs until every row has ended. For evaluation: several times the
+        throughput of one scene at a time on a CPU. Answers equal ``generate``'s up to float
+        round-off in batched matrix products (which could only matter on an exact tie).
+        """
+        start = time.perf_counter()
+        scene = self._check_scene(scene_tokens, batched=True)
+        batch = scene.shape[0]
+        limit = self.config.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if limit < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        prefix, rest = self._prompt_ids(question, with_scene=True)
+        tail = torch.cat([scene, self.embed_ids(rest).expand(batch, -1, -1)], dim=1)
+        past = self._prefix_cache(prefix, batch=batch)
+        ids: list[list[int]] = [[] for _ in range(batch)]
+        done = [False] * batch
+        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        out = self.lm(inputs_embeds=tail, cache=past, use_cache=True, **extra)
+        for _ in range(limit):
+            next_ids = out.logits[:, -1].argmax(dim=-1).tolist()
+            for row, next_id in enumerate(next_ids):
+                if done[row]:
+                    continue
+                if next_id in self._eos_ids:
+                    done[row] = True
+                else:
+                    ids[row].append(next_id)
+            if all(done) or all(len(i) >= limit for i, d in zip(ids, done, strict=True) if not d):
+                break
+            step = torch.tensor(next_ids, device=self.device)[:, None]
+            out = self.lm(input_ids=step, cache=out.cache, use_cache=True)
+        seconds = (time.perf_counter() - start) / batch
+        return [
+            Generation(
+                text=self._decode(row_ids),
+                num_tokens=len(row_ids),
+                seconds=seconds,
+                stopped_early=False,
+                reason="eos" if finished else "max_new_tokens",
+            )
+            for row_ids, finished in zip(ids, done, strict=True)
+        ]
+
+    @torch.inference_mode()
     def generate_from_embeds(
         self,
         prompt: torch.Tensor,

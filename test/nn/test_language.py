@@ -403,3 +403,15 @@ def test_another_templates_markers_stay_text_too(language_model, tmp_path):
     ids = prefix.tolist() + rest.tolist()
     assert ids.count(inst) == 1 and ids.count(end_inst) == 1  # the template's own, nothing more
     assert rest.tolist()[-1] == end_inst
+
+
+def test_generate_batch_answers_as_generate_does(language_model):
+    lm = language_model
+    scenes = torch.stack(
+        [word_tokens(lm, "a photo of a red car"), word_tokens(lm, "a photo of a sleepy cat")]
+    )
+    batched = lm.generate_batch(scenes, "What is in the photo?", max_new_tokens=8)
+    singles = [lm.generate(scene, "What is in the photo?", max_new_tokens=8) for scene in scenes]
+    assert [b.text for b in batched] == [s.text for s in singles]
+    assert [b.num_tokens for b in batched] == [s.num_tokens for s in singles]
+    assert batched[0].text != batched[1].text  # each row reads its own scene

@@ -83,6 +83,74 @@ def time_language(pipeline: PerceptionPipeline, repeats: int, max_new_tokens: in
     }
 
 
+def time_first_token(pipeline: PerceptionPipeline, repeats: int) -> dict[str, float]:
+    """Median ms to the first answer token: the whole prompt through the LM (as before the prefix
+    cache) vs only the scene and question after the cached system/template prefix."""
+    language = pipeline.language
+    frames, windows = synthetic_inputs(1, pipeline.config)
+    scene = torch.from_numpy(pipeline.encode(frames, windows)[0].latents)
+    with torch.inference_mode():
+        prompt = language.build_prompt(scene, BENCH_QUESTION)
+
+    def full_prompt():  # what generate did before the prefix cache: build the prompt, run all of it
+        with torch.inference_mode():
+            embeds = language.build_prompt(scene, BENCH_QUESTION)
+        return language.generate_from_embeds(embeds, max_new_tokens=1, stop_at_eos=False)
+
+    runs = {
+        "full_prompt": full_prompt,
+        "cached_prefix": lambda: language.generate(
+            scene, BENCH_QUESTION, max_new_tokens=1, stop_at_eos=False
+        ),
+    }
+    out = {"prompt_tokens": int(prompt.shape[1])}
+    for name, run in runs.items():
+        run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) * 1000.0)
+        out[f"{name}_ms"] = statistics.median(times)
+    return out
+
+
+def time_stage2(pipeline: PerceptionPipeline, repeats: int, lm_batch_size: int = 8) -> dict[str, float]:
+    """Median seconds of one stage-2 LM step (forward + backward of ``lm_batch_size`` samples through
+    the frozen LM into the pseudo-tokens), with the cached prefix and with the full prompt."""
+    import random
+
+    from frozen_vlm_perception.questions import make_qa
+
+    language = pipeline.language
+    rng = random.Random(0)
+    labels, places = list(pipeline.config.labels), ["coffee", "cat", "astronaut", "rocket", "motorcycle"]
+    pairs = [
+        make_qa(rng.choice(labels), rng.choice(places), has_vision=True, rng=rng)
+        for _ in range(lm_batch_size)
+    ]
+    questions, answers = [p.question for p in pairs], [p.answer for p in pairs]
+    frames, windows = synthetic_inputs(1, pipeline.config)
+    base = torch.from_numpy(pipeline.encode(frames, windows)[0].latents)
+    base = base.expand(lm_batch_size, -1, -1).contiguous()
+    out: dict[str, float] = {"lm_batch_size": lm_batch_size}
+    for name, loss_fn in (
+        ("full_prompt", language.answer_loss_full_prompt),
+        ("cached_prefix", language.answer_loss),
+    ):
+        times = []
+        for i in range(repeats + 1):
+            scene = base.clone().requires_grad_(True)
+            start = time.perf_counter()
+            loss_fn(scene, questions, answers).backward()
+            if i:  # the first is a warm-up
+                times.append(time.perf_counter() - start)
+        out[f"{name}_s_per_step"] = statistics.median(times)
+        out[f"{name}_steps_per_s"] = 1.0 / out[f"{name}_s_per_step"]
+        out[f"{name}_samples_per_s"] = lm_batch_size / out[f"{name}_s_per_step"]
+    return out
+
+
 def time_vision_paths(pipeline: PerceptionPipeline, repeats: int) -> dict[str, float] | None:
     """Median ms of the frozen vision network, eager vs its CPU fast path (None: no fast path here)."""
     vision = pipeline.vision
@@ -190,6 +258,29 @@ def main_bench(args: argparse.Namespace) -> int:
             )
         )
         result.update(lm)
+        first = time_first_token(pipeline, args.repeats)
+        print("\n## Time to first answer token (median ms)\n")
+        print(
+            format_table(
+                ["prompt tokens", "full prompt ms", "cached prefix ms", "speed-up"],
+                [[first["prompt_tokens"], first["full_prompt_ms"], first["cached_prefix_ms"],
+                  first["full_prompt_ms"] / first["cached_prefix_ms"]]],
+            )
+        )  # fmt: skip
+        result["first_token"] = first
+        step = time_stage2(pipeline, max(3, args.repeats // 3))
+        print(f"\n## Stage-2 LM step ({step['lm_batch_size']} samples, forward + backward, median)\n")
+        print(
+            format_table(
+                ["prompt", "s per step", "steps/s", "samples/s"],
+                [
+                    [name.replace("_", " "), step[f"{name}_s_per_step"], step[f"{name}_steps_per_s"],
+                     step[f"{name}_samples_per_s"]]
+                    for name in ("full_prompt", "cached_prefix")
+                ],
+            )
+        )  # fmt: skip
+        result["stage2"] = step
     if not args.no_system:
         result["system"] = run_system(args, pipeline, source)
         headline = ("ros_overhead_ratio", "answer_overhead_ratio", "peak_rss_mb")

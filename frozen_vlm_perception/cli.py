@@ -86,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, help_line: str, handler: Handler) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_line, description=help_line)
+    def add(
+        name: str, help_line: str, handler: Handler, epilog: str | None = None
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_line, description=help_line, epilog=epilog)
         p.set_defaults(handler=handler)
         return p
 
@@ -137,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imu-hz", type=float, default=200.0, help="system part: IMU rate")
     p.add_argument("--questions", type=int, default=3, help="system part: questions through the service")
     p.add_argument(
-        "--node-threads", type=int, default=None,
+        "--node-threads",
+        type=int,
+        default=None,
         help="torch threads per node (default: as config/perception.yaml)",
     )
 
@@ -152,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", action="store_true", help="publish /clock (for use_sim_time)")
     p.add_argument("--loop", action="store_true", help="play again from the start when done")
 
-    p = add("query", "ask the running reasoning node a question and print the answer", _query)
+    from frozen_vlm_perception.nodes.query_client import EPILOG as QUERY_EPILOG
+
+    p = add("query", "ask the running reasoning node a question and print the answer", _query, QUERY_EPILOG)
     p.add_argument("question")
     p.add_argument("--stamp", type=float, default=None, help="scene nearest this time (s); default latest")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")

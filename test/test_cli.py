@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from frozen_vlm_perception.cli import build_parser, main
 
 SUBCOMMANDS = ("demo", "make-demo-bag", "train", "eval", "bench", "run", "play", "query", "soak", "inspect")
@@ -39,3 +41,17 @@ def test_bench_writes_stage_timings_as_json(tmp_path, torch_threads):
     assert set(numbers["stages_ms"]) == {"preprocess", "vision", "imu", "fusion_resampler", "head"}
     assert all(value >= 0 for value in numbers["stages_ms"].values())
     assert numbers["stages_ms"]["vision"] > 0
+
+
+@pytest.mark.slow
+def test_bench_reports_first_token_and_stage2_step_speed(tmp_path, torch_threads):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--repeats", "3", "--batch-sizes", "1", "--no-system", "--json", str(out)])
+    assert code == 0
+    numbers = json.loads(out.read_text())
+    first, step = numbers["first_token"], numbers["stage2"]
+    assert first["prompt_tokens"] > 30 and first["full_prompt_ms"] > 0 and first["cached_prefix_ms"] > 0
+    for prompt in ("full_prompt", "cached_prefix"):
+        assert step[f"{prompt}_samples_per_s"] == pytest.approx(
+            step["lm_batch_size"] * step[f"{prompt}_steps_per_s"]
+        )

@@ -108,8 +108,9 @@ def check_compatible(
         raise CheckpointError(f"{where} does not match: " + "; ".join(problems))
 
 
-def load_state_into(model_dir: str | Path, module: torch.nn.Module) -> None:
-    """Load model.safetensors into module, strictly: names and shapes must all agree."""
+def load_state_into(model_dir: str | Path, module: torch.nn.Module, *, prefix: str = "") -> None:
+    """Load model.safetensors into module, strictly: names and shapes must all agree. With
+    ``prefix``, only the tensors under it (prefix removed) go into ``module`` (a submodule)."""
     path = Path(model_dir) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
@@ -117,6 +118,8 @@ def load_state_into(model_dir: str | Path, module: torch.nn.Module) -> None:
         state = load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for corrupted files
         raise CheckpointError(f"{path} is corrupted or not a safetensors file: {err}") from err
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -32,7 +32,7 @@ import logging
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,15 +130,19 @@ def train_adapter(
     check_compatible(where=model_dir, stored=config, stored_dims=dims, expected_dims=expected)
     _check_labels(train_set, config.labels)
 
+    if train.adapter and train.adapter != config.adapter.kind:
+        config = replace(config, adapter=replace(config.adapter, kind=train.adapter))
     scene_model = SceneModel(
         config=config,
         vision_dim=dims["vision_dim"],
         vision_tokens=dims["vision_tokens"],
         lm_dim=dims["lm_dim"],
     )
-    load_state_into(model_dir, scene_model)
-    if train.reinit:
+    if train.reinit:  # only stage 1's IMU encoder comes from the folder
+        load_state_into(model_dir, scene_model.imu_encoder, prefix="imu_encoder.")
         reinit_stage2_parts(scene_model, seed=train.seed)
+    else:
+        load_state_into(model_dir, scene_model)
     scene_model.to(ctx.device)
     language = language if language is not None else _load_language(config, ctx.device)
     if language.hidden_size != dims["lm_dim"]:

@@ -185,6 +185,12 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
         help="fresh fusion, adapter and head (seeded) instead of the folder's; the IMU encoder is kept",
     )
     stage.add_argument(
+        "--adapter",
+        choices=("resampler", "linear"),
+        default=None,
+        help="with --reinit: train this adapter kind instead of the folder's (stage 1 does not depend on it)",
+    )
+    stage.add_argument(
         "--modality-probs",
         type=float,
         nargs=3,

@@ -123,6 +123,7 @@ class AdapterTrainConfig:
     caption_weight: float = 0.0  # the caption loss's weight during the LM steps (a regulariser)
     p_general: float = 0.1  # share of LM samples that ask a general question, taught its no-scene answer
     reinit: bool = False  # start fusion, adapter and head from a fresh init (the IMU encoder is kept)
+    adapter: str = ""  # "resampler" | "linear" with reinit: switch the adapter kind; "": the folder's
     val_every: int = 0  # validate every n steps; 0: after every epoch
     val_lm_samples: int = 32  # validation samples that go through the LM
     patience: int = 4  # validations without improvement before stopping
@@ -136,6 +137,10 @@ class AdapterTrainConfig:
             _positive(name, getattr(self, name))
         if self.lr <= 0 or self.lm_weight < 0 or self.ce_weight < 0 or self.caption_weight < 0:
             raise ConfigError("lr must be > 0, lm_weight, ce_weight and caption_weight >= 0")
+        if self.adapter not in ("", "resampler", "linear"):
+            raise ConfigError(f"adapter must be resampler or linear, got {self.adapter!r}")
+        if self.adapter and not self.reinit:
+            raise ConfigError("choosing the adapter kind in stage 2 needs reinit (--reinit): a new adapter")
         if self.caption_steps < 0 or not 0 <= self.p_general <= 1:
             raise ConfigError("caption_steps must be >= 0 and p_general in [0, 1]")
         probs = (self.p_fused, self.p_vision, self.p_imu)

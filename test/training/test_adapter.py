@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -11,7 +12,7 @@ from conftest import tiny_data_config
 from safetensors.torch import load_file
 
 from frozen_vlm_perception.checkpoint import read_checkpoint_config
-from frozen_vlm_perception.config import VisionConfig
+from frozen_vlm_perception.config import LanguageConfig, VisionConfig
 from frozen_vlm_perception.nn.vision import build_vision_encoder
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.questions import STANDARD_QUESTION
@@ -136,3 +137,76 @@ def test_alpha_jitter_stays_in_range():
     assert 0.3 <= min(values) < 0.32 and 0.68 < max(values) <= 0.7
     assert all(0.05 <= jittered_alpha(0.9, 0.2, rng) <= 0.95 for _ in range(100))
     assert jittered_alpha(0.5, 0.0, rng) == 0.5
+
+
+def _ask_every_scene(model_dir, bag, language, question: str, scenes: int = 12) -> list[tuple[str, str]]:
+    """(true label, answer) for ``scenes`` evenly spread labelled frames of ``bag`` with an IMU window."""
+    from frozen_vlm_perception.data.bags import ACTIVITY_TOPIC, read_paired_samples
+
+    pipeline = PerceptionPipeline.from_model_dir(model_dir, device="cpu", load_language=False)
+    pipeline.language = language
+    paired = [
+        s
+        for s in read_paired_samples(
+            bag, label_topic=ACTIVITY_TOPIC, imu_config=pipeline.config.imu, sync_config=None
+        )
+        if s.imu_window is not None and s.label is not None
+    ]
+    picks = [paired[int(i)] for i in torch.linspace(0, len(paired) - 1, scenes).round().long()]
+    out = []
+    for sample in picks:
+        scene = pipeline.encode_one(sample.frame, sample.imu_window.data)
+        out.append((sample.label, pipeline.answer(scene, question, max_new_tokens=10).text))
+    return out
+
+
+@pytest.mark.slow
+def test_real_stage2_makes_the_frozen_lm_name_the_activity(aligned, tiny_bags, language_model, tmp_path):
+    """With the real SmolLM2: a few seconds of caption warm start and a few LM steps make answers to
+    a held-out wording name the true activity far more often than the untrained adapter's do."""
+    from frozen_vlm_perception.answers import named_activities
+    from frozen_vlm_perception.checkpoint import save_checkpoint
+    from frozen_vlm_perception.nn.model import SceneModel
+    from frozen_vlm_perception.questions import FAMILIES
+
+    config, dims, _ = read_checkpoint_config(aligned.model_dir)
+    config = dataclasses.replace(config, language=LanguageConfig())  # the real SmolLM2
+    scene_model = SceneModel(
+        config=config, vision_dim=dims["vision_dim"], vision_tokens=dims["vision_tokens"], lm_dim=576
+    )
+    stage1 = load_file(aligned.model_dir / "model.safetensors")
+    scene_model.load_state_dict(
+        {k: v for k, v in stage1.items() if k.startswith("imu_encoder.")}, strict=False
+    )
+    untrained = tmp_path / "untrained"
+    save_checkpoint(untrained, config=config, dims=scene_model.dims, state_dict=scene_model.state_dict())
+
+    settings = AdapterTrainConfig(
+        max_steps=4, batch_size=16, lm_batch_size=4, lr=3e-3, warmup_steps=5, caption_steps=300,
+        val_every=4, val_lm_samples=8, p_general=0.0, device="cpu", progress=False,
+    )  # fmt: skip
+    trained = tmp_path / "trained"
+    train_adapter(
+        data=tiny_data_config(*tiny_bags, tmp_path / "cache"),
+        model_dir=untrained,
+        train=settings,
+        out_dir=trained,
+        language=language_model,
+    )
+    labels = list(config.labels)
+    question = FAMILIES["activity"].held_out[1]  # a wording stage 2 never asked
+    hits = {}
+    for name, folder in (("untrained", untrained), ("trained", trained)):
+        answers = _ask_every_scene(folder, tiny_bags[1], language_model, question)
+        hits[name] = sum(named_activities(answer, labels) == [label] for label, answer in answers)
+    assert hits["trained"] >= 6 and hits["trained"] >= hits["untrained"] + 4, hits
+
+
+def test_choosing_the_adapter_kind_needs_a_fresh_adapter():
+    from frozen_vlm_perception.config import ConfigError
+
+    with pytest.raises(ConfigError, match="reinit"):
+        AdapterTrainConfig(adapter="linear").validate()
+    with pytest.raises(ConfigError, match="resampler or linear"):
+        AdapterTrainConfig(adapter="mlp", reinit=True).validate()
+    AdapterTrainConfig(adapter="linear", reinit=True).validate()

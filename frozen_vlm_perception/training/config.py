@@ -98,9 +98,9 @@ class AdapterTrainConfig:
     """Stage 2: fusion + adapter + activity head, through the frozen LM's next-token loss."""
 
     epochs: int = 20
-    max_steps: int = 300  # hard cap on optimizer steps (the LM forward dominates the cost)
+    max_steps: int = 1200  # hard cap on LM steps (the LM forward dominates the cost; ~2.4 s each on 2 cores)
     batch_size: int = 16  # per process, for the activity-head loss
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 20
     grad_clip: float = 1.0
@@ -119,12 +119,12 @@ class AdapterTrainConfig:
     # Warm start: this many cheap steps (no LM forward) first pull the pseudo-tokens towards the LM's
     # own embeddings of the scene's caption ("walking upstairs next to a cat"), so the LM starts by
     # reading words it knows; the LM loss then refines them.
-    caption_steps: int = 300
-    caption_weight: float = 0.0  # the caption loss's weight during the LM steps (a regulariser)
+    caption_steps: int = 1500
+    caption_weight: float = 0.2  # the caption loss's weight during the LM steps (keeps tokens word-like)
     p_general: float = 0.1  # share of LM samples that ask a general question, taught its no-scene answer
     reinit: bool = False  # start fusion, adapter and head from a fresh init (the IMU encoder is kept)
     adapter: str = ""  # "resampler" | "linear" with reinit: switch the adapter kind; "": the folder's
-    val_every: int = 0  # validate every n steps; 0: after every epoch
+    val_every: int = 200  # validate every n steps; 0: after every epoch
     val_lm_samples: int = 32  # validation samples that go through the LM
     patience: int = 4  # validations without improvement before stopping
     monitor: str = "val_loss"

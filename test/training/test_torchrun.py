@@ -101,6 +101,8 @@ def test_align_and_adapter_under_torchrun_with_two_processes(tiny_bags, tiny_lm_
             "8",
             "--lm-batch-size",
             "4",
+            "--caption-steps",
+            "3",
         ],
         env,
     )

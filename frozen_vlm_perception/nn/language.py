@@ -288,10 +288,7 @@ class FrozenLanguageModel(nn.Module):
         self._prefix_kv: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         # Every id that is a special or added token (chat markers, BOS/EOS, pad): never from user text.
         self._control_ids = frozenset(tokenizer.all_special_ids) | frozenset(
-            i
-            for t, i in tokenizer.get_added_vocab().items()
-            if t in set(tokenizer.all_special_tokens)
-            or getattr(tokenizer.added_tokens_decoder.get(i), "special", False)
+            i for i, token in tokenizer.added_tokens_decoder.items() if token.special
         )
         self._end_of_turn_id = self._find_end_of_turn_id()
         self._eos_ids = frozenset(self._collect_eos_ids())

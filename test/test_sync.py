@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -156,32 +157,96 @@ def test_clear_and_latest_stamp():
 
 
 def test_concurrent_add_and_window():
-    buf = ImuBuffer(6, buffer_s=5.0, max_samples=400)
+    """A reader takes windows while the writer appends, forgets old samples and compacts the array.
+
+    200 Hz into a 600-sample cap (3 s, more than the 2.54 s window needs): every window at or just
+    before the newest stamp is available, so each read is checked against the exact linear signal. The
+    writer waits for a read after every compaction (the live range moved to the front of the array)
+    and every 50 samples, so reads really interleave with compaction and forgetting.
+    """
+    buf = ImuBuffer(6, buffer_s=5.0, max_samples=600)
     errors: list[BaseException] = []
     stop = threading.Event()
+    reads = [0]  # successful windows checked against the signal
+    unavailable: list[str] = []
 
     def reader():
         try:
             while not stop.is_set():
                 latest = buf.latest_stamp
-                if latest is None:
+                if latest is None or latest - T0 < 3.0:  # until 3 s are buffered nothing is promised
+                    time.sleep(0)
                     continue
-                try:
-                    win = buf.window(latest, IMU, SYNC)
-                    np.testing.assert_allclose(
-                        win.data[:, 0], np.linspace(win.start, win.end, 128) - T0, atol=1e-3
-                    )
-                except WindowUnavailable:
-                    pass
+                for t_end in (latest, latest - 0.3):
+                    try:
+                        win = buf.window(t_end, IMU, SYNC)
+                    except WindowUnavailable as err:
+                        unavailable.append(err.reason)
+                        continue
+                    assert win.end == t_end
+                    # The writer may have forgotten the window's head meanwhile (it never waits for
+                    # the reader): rows before the oldest sample then hold its value, within the
+                    # coverage the policy accepts. Everything else is the exact signal.
+                    rows = t_end - (127 - np.arange(128)) / 50.0
+                    first = T0 + float(win.data[0, 0])
+                    assert first - win.start <= (1 - SYNC.min_coverage) * (win.end - win.start) + 1e-3
+                    np.testing.assert_allclose(win.data, linear(np.maximum(rows, first)), rtol=1e-5, atol=1e-3)
+                    reads[0] += 1
         except BaseException as err:  # surfaced in the main thread
             errors.append(err)
 
+    def wait_for_a_read():
+        before = reads[0]
+        deadline = time.monotonic() + 5.0
+        while reads[0] == before and not errors and time.monotonic() < deadline:
+            time.sleep(0.0005)
+
     thread = threading.Thread(target=reader)
     thread.start()
-    times = T0 + np.arange(3000) / 200.0
-    for t, x in zip(times, linear(times), strict=True):
-        buf.add(t, x)
-    stop.set()
-    thread.join()
-    assert not errors
-    assert len(buf) <= 400
+    compactions = 0
+    try:
+        times = T0 + np.arange(6000) / 200.0
+        for i, (t, x) in enumerate(zip(times, linear(times), strict=True)):
+            lo_before = buf._lo
+            assert buf.add(t, x)
+            if buf._lo < lo_before:  # the live range was moved to the front
+                compactions += 1
+            if t - T0 >= 3.0 and (buf._lo < lo_before or i % 50 == 0):
+                wait_for_a_read()
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[0]
+    assert not unavailable, sorted(set(unavailable))
+    assert compactions >= 5  # 6000 samples through a 1200-row array
+    assert reads[0] >= 100
+    assert len(buf) == 600
+    times, data = buf.snapshot()
+    np.testing.assert_allclose(times, T0 + np.arange(5400, 6000) / 200.0)
+    np.testing.assert_allclose(data, linear(times), rtol=1e-5, atol=1e-3)
+
+
+def test_frame_older_than_the_whole_buffer_is_insufficient_coverage():
+    buf = filled(50.0, 12.0, buffer_s=5.0)  # holds T0 + 7 .. T0 + 12
+    assert buf.oldest_stamp == pytest.approx(T0 + 7.0)
+    assert reason(buf, T0 + 3.0) == "insufficient_coverage"  # newer samples exist: not "not_yet"
+    # Coverage is negative, not 0: even a policy that accepts no coverage at all refuses it.
+    assert reason(buf, T0 + 3.0, SyncConfig(min_coverage=0.0)) == "insufficient_coverage"
+    assert reason(buf, T0 + 6.99, SyncConfig(min_coverage=0.0)) == "insufficient_coverage"
+    # A window reaching just past the oldest sample is available once its coverage is accepted.
+    win = buf.window(T0 + 7.5, IMU, SyncConfig(min_coverage=0.1))
+    np.testing.assert_allclose(win.data[-26:, 0], np.linspace(7.0, 7.5, 26), atol=2e-5)
+    np.testing.assert_allclose(win.data[:-26, 0], 7.0, atol=2e-5)  # held before the first sample
+
+
+def test_single_sample_buffer():
+    buf = ImuBuffer(6)
+    sample = np.arange(1.0, 7.0)
+    assert buf.add(T0, sample)
+    assert len(buf) == 1 and buf.latest_stamp == buf.oldest_stamp == T0
+    assert reason(buf, T0) == "insufficient_coverage"  # covers nothing of the window
+    assert reason(buf, T0 + 0.01) == "not_yet"
+    assert reason(buf, T0 - 1.0, SyncConfig(min_coverage=0.0)) == "insufficient_coverage"
+    win = buf.window(T0, IMU, SyncConfig(min_coverage=0.0))  # a window that accepts no coverage
+    assert win.data.shape == (128, 6) and win.num_source_samples == 1
+    np.testing.assert_array_equal(win.data, np.tile(sample.astype(np.float32), (128, 1)))

@@ -190,7 +190,9 @@ def test_concurrent_add_and_window():
                     rows = t_end - (127 - np.arange(128)) / 50.0
                     first = T0 + float(win.data[0, 0])
                     assert first - win.start <= (1 - SYNC.min_coverage) * (win.end - win.start) + 1e-3
-                    np.testing.assert_allclose(win.data, linear(np.maximum(rows, first)), rtol=1e-5, atol=1e-3)
+                    np.testing.assert_allclose(
+                        win.data, linear(np.maximum(rows, first)), rtol=1e-5, atol=1e-3
+                    )
                     reads[0] += 1
         except BaseException as err:  # surfaced in the main thread
             errors.append(err)

@@ -117,17 +117,72 @@ def test_package_source_never_unpickles_or_evaluates():
 # The one exception: HAPT's restricted unpickler
 
 
-def test_hapt_unpickler_allows_exactly_the_twelve_names_design_lists():
+def _hapt_allowed() -> dict[str, object]:
+    """The twelve globals HAPT.pkl.gz needs (Python 2 names, design doc), each with the harmless object
+    it must resolve to today, imported here independently of hapt.py's table."""
+    import _codecs
+    import builtins
+
+    import numpy as np
+    import numpy._core.multiarray
+    import pandas.core.frame
+    import pandas.core.indexes.base
+    import pandas.core.indexes.range
+    import pandas.core.internals.managers
+
     from frozen_vlm_perception.data import hapt
 
-    names = {f"{m}.{n}" for m, n in hapt._ALLOWED_GLOBALS} | {"copy_reg._reconstructor"}
-    assert names == {
-        "__builtin__.object", "__builtin__.slice", "_codecs.encode", "copy_reg._reconstructor",
-        "numpy.dtype", "numpy.ndarray", "numpy.core.multiarray._reconstruct",
-        "pandas.core.frame.DataFrame", "pandas.core.indexes.base.Index",
-        "pandas.core.indexes.base._new_Index", "pandas.core.indexes.range.RangeIndex",
-        "pandas.core.internals.managers.BlockManager",
-    }  # fmt: skip
+    return {
+        "__builtin__.object": builtins.object,
+        "__builtin__.slice": builtins.slice,
+        "_codecs.encode": _codecs.encode,
+        "copy_reg._reconstructor": hapt._reconstructor,  # the restricted stand-in, not copyreg's
+        "numpy.dtype": np.dtype,
+        "numpy.ndarray": np.ndarray,
+        "numpy.core.multiarray._reconstruct": numpy._core.multiarray._reconstruct,
+        "pandas.core.frame.DataFrame": pandas.core.frame.DataFrame,
+        "pandas.core.indexes.base.Index": pandas.core.indexes.base.Index,
+        "pandas.core.indexes.base._new_Index": pandas.core.indexes.base._new_Index,
+        "pandas.core.indexes.range.RangeIndex": pandas.core.indexes.range.RangeIndex,
+        "pandas.core.internals.managers.BlockManager": pandas.core.internals.managers.BlockManager,
+    }
+
+
+def _find_class(qualified: str):
+    from frozen_vlm_perception.data import hapt
+
+    module, name = qualified.rsplit(".", 1)
+    return hapt._HaptUnpickler(io.BytesIO(b"."), encoding="latin1").find_class(module, name)
+
+
+def test_hapt_unpickler_resolves_each_allowed_name_to_the_intended_object():
+    import copyreg
+
+    from frozen_vlm_perception.data import hapt
+
+    allowed = _hapt_allowed()
+    assert len(allowed) == 12
+    for qualified, intended in allowed.items():
+        assert _find_class(qualified) is intended, qualified
+    assert _find_class("copy_reg._reconstructor") is not copyreg._reconstructor
+    # Nothing beyond the twelve is in the table (each entry was resolved above).
+    assert {f"{m}.{n}" for m, n in hapt._ALLOWED_GLOBALS} == set(allowed) - {"copy_reg._reconstructor"}
+
+
+@pytest.mark.parametrize(
+    "qualified",
+    [
+        "os.system", "posix.system", "nt.system", "os.popen", "os.execv", "subprocess.Popen",
+        "subprocess.check_output", "builtins.eval", "builtins.exec", "builtins.getattr",
+        "builtins.__import__", "builtins.open", "__builtin__.eval", "__builtin__.exec",
+        "__builtin__.getattr", "__builtin__.__import__", "__builtin__.apply", "copyreg._reconstructor",
+        "copy_reg.__newobj__", "numpy.load", "numpy.core.multiarray.scalar", "pandas.read_pickle",
+        "pandas.eval", "_codecs.decode", "importlib.import_module", "pickle.loads",
+    ],
+)  # fmt: skip
+def test_hapt_unpickler_refuses_every_other_global(qualified):
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        _find_class(qualified)
 
 
 @pytest.mark.parametrize(

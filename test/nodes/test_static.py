@@ -105,15 +105,38 @@ def test_parameter_files_parse_with_rcl(path):
     rclpy.try_shutdown(context=context)
 
 
-def test_parameter_defaults_come_from_the_config_dataclasses():
+# The pairing policy's defaults as DESIGN.md and config/perception.yaml state them, written out here
+# rather than read from SyncConfig, so that a changed default in either place fails.
+SYNC_DEFAULTS = {"buffer_s": 10.0, "max_wait_s": 0.05, "max_gap_s": 0.25, "min_coverage": 0.9,
+                 "imu_silence_s": 0.5}
+
+
+def commented_sync_block(path: Path) -> dict:
+    """The ``# sync:`` block config/perception.yaml documents as comments, parsed as YAML."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "# sync:")
+    block = []
+    for line in lines[start + 1 :]:
+        if not line.strip().startswith("#   "):
+            break
+        block.append(line.strip()[1:].strip())
+    return yaml.safe_load("\n".join(block))
+
+
+def test_parameter_defaults_are_the_documented_values():
     specs = {s.name: s.default for s in perception_node.PARAMS}
-    for field in dataclasses.fields(SyncConfig):
-        assert specs[f"sync.{field.name}"] == getattr(SyncConfig(), field.name)
+    sync_specs = {name.split(".", 1)[1]: value for name, value in specs.items() if name.startswith("sync.")}
+    assert sync_specs == SYNC_DEFAULTS
+    assert all(type(value) is float for value in sync_specs.values())
+    assert dataclasses.asdict(SyncConfig()) == SYNC_DEFAULTS
+    assert commented_sync_block(ROOT / "config" / "perception.yaml") == SYNC_DEFAULTS
     # Fusion is the model folder's unless set: the defaults say so rather than repeat FusionConfig's.
-    assert specs["fusion.mode"] == perception_node.FROM_MODEL
-    assert specs["fusion.alpha"] == perception_node.ALPHA_FROM_MODEL
+    assert specs["fusion.mode"] == perception_node.FROM_MODEL == "model"
+    assert specs["fusion.alpha"] == perception_node.ALPHA_FROM_MODEL == -1.0
     reasoning = {s.name: s.default for s in reasoning_node.PARAMS}
-    assert reasoning["max_new_tokens"] == LanguageConfig().max_new_tokens
+    assert reasoning["max_new_tokens"] == LanguageConfig().max_new_tokens == 32
+    shipped = yaml.safe_load((ROOT / "config" / "perception.yaml").read_text())
+    assert shipped["/**/reasoning"]["ros__parameters"]["max_new_tokens"] == 32
 
 
 def test_nodes_declare_every_parameter_with_a_description_before_any_entity():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
+import types
 
 import pytest
 import torch
@@ -80,15 +82,76 @@ def test_pseudo_tokens_of_words_equal_the_words_as_text(language_model):
 
 def test_streaming_is_prefix_consistent_and_ends_with_the_answer(language_model):
     partials: list[str] = []
+    pause_s = 0.02
+
+    def on_text(text: str) -> None:
+        partials.append(text)
+        time.sleep(pause_s)  # a slow consumer: its time is part of the answer's wall time
+
+    started = time.perf_counter()
     result = language_model.generate(
-        None, "Tell me a long story about a robot.", max_new_tokens=12, on_text=partials.append
+        None, "Tell me a long story about a robot.", max_new_tokens=12, on_text=on_text
     )
+    elapsed = time.perf_counter() - started
     assert result.num_tokens == 12 and result.reason == "max_new_tokens"
     assert len(partials) == result.num_tokens
     for shorter, longer in zip(partials, partials[1:], strict=False):
         assert longer.startswith(shorter)
     assert partials[-1] == result.text and result.text
-    assert result.seconds > 0
+    # seconds is the wall time of the whole answer (prompt, decoding, the consumer's pauses): at least
+    # the 12 pauses and all but the call's own overhead of what the caller measured.
+    assert 12 * pause_s <= result.seconds <= elapsed
+    assert result.seconds >= 0.9 * elapsed, (result.seconds, elapsed)
+
+
+class ScriptedLM(torch.nn.Module):
+    """Stands in for the transformers model: greedy decoding picks ``ids`` one per forward pass."""
+
+    def __init__(self, embeddings: torch.nn.Module, vocab: int, ids: list[int]):
+        super().__init__()
+        self.embeddings, self.vocab, self.ids, self.calls = embeddings, vocab, list(ids), 0
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.embeddings
+
+    def forward(self, **kwargs):
+        logits = torch.zeros(1, 1, self.vocab)
+        logits[0, 0, self.ids[self.calls]] = 1.0
+        self.calls += 1
+        return types.SimpleNamespace(logits=logits, cache=None)
+
+
+def test_streaming_holds_back_a_half_decoded_multibyte_character(language_model):
+    """'你' and 'é' are split over several byte tokens: until a character is complete the partial
+    must not show U+FFFD, and every partial stays a prefix of the final text."""
+    lm = language_model
+    text = "Café 你好 🙂 ok"
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    raw = [lm.tokenizer.decode(ids[:n], skip_special_tokens=True) for n in range(1, len(ids) + 1)]
+    assert sum("\ufffd" in r for r in raw) >= 2  # the tokenizer really splits characters here
+    scripted = ScriptedLM(lm.lm.get_input_embeddings(), len(lm.tokenizer), ids)
+    real = lm.lm
+    partials: list[str] = []
+    prompt = torch.zeros(1, 3, lm.hidden_size)
+    lm.lm = scripted  # the session's model: put back below whatever happens
+    try:
+        result = lm.generate_from_embeds(
+            prompt, max_new_tokens=len(ids), stop_at_eos=False, on_text=partials.append
+        )
+    finally:
+        lm.lm = real
+    assert lm.lm is real
+    assert scripted.calls == len(ids) and result.num_tokens == len(ids)
+    assert result.text == text and partials[-1] == text
+    assert len(partials) == len(ids)
+    for partial in partials:
+        assert "\ufffd" not in partial, partials
+        assert text.startswith(partial), (partial, text)
+    for shorter, longer in zip(partials, partials[1:], strict=False):
+        assert longer.startswith(shorter)
+    for n, decoded in enumerate(raw):
+        if decoded.endswith("\ufffd"):  # half a character: nothing new is shown until it completes
+            assert partials[n] == partials[n - 1]
 
 
 def test_max_new_tokens_bounds_the_answer(language_model):
@@ -176,6 +239,31 @@ def test_answer_loss_batches_with_padding_like_single_examples(language_model):
 def test_empty_question_is_refused(language_model, question):
     with pytest.raises(ValueError, match="empty"):
         language_model.generate(None, question)
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["What is \ue000 this?", "\ue000scene\ue000", "Who is \ue000question\ue000 here?", "\ue000"],
+    ids=["lone", "scene-sentinel", "question-slot", "only"],
+)
+def test_question_with_the_reserved_private_use_character_is_refused(language_model, question):
+    """U+E000 marks the scene's and the question's slots while the template renders."""
+    lm = language_model
+    h = lm.hidden_size
+    with pytest.raises(ValueError, match="U\\+E000"):
+        lm.generate(None, question, max_new_tokens=1)
+    with pytest.raises(ValueError, match="U\\+E000"):
+        lm.generate(torch.zeros(2, h), question, max_new_tokens=1)
+    with pytest.raises(ValueError, match="U\\+E000"):
+        lm.build_prompt(None, question)
+    with pytest.raises(ValueError, match="U\\+E000"):
+        lm.prompt_text(question)
+    with pytest.raises(ValueError, match="U\\+E000"):
+        lm.answer_loss(torch.zeros(1, 2, h), [question], ["An answer."])
+    with pytest.raises(ValueError, match="U\\+E000"):
+        lm.generate_batch(torch.zeros(1, 2, h), question, max_new_tokens=1)
+    # Its neighbours in the private-use area are ordinary text.
+    assert "\ue001" in lm.prompt_text("What is \ue001 this?")
 
 
 def test_too_long_question_is_refused(language_model):

@@ -73,19 +73,21 @@ class SensorStream:
     """Publishes camera frames and IMU samples on a schedule from a thread of its own.
 
     Every message is stamped with the wall clock when it is published, so (receive time - stamp)
-    in another process on the same machine is the end-to-end latency.
+    in another process on the same machine is the end-to-end latency. ``camera_qos`` / ``imu_qos``:
+    the publishers' QoS profiles (default reliable, depth 2 / 100), e.g. SensorDataQoS like a driver.
     """
 
     def __init__(self, node, *, camera_hz: float = 30.0, imu_hz: float = 200.0, width: int = 640,
-                 height: int = 480, camera_topic: str = "/camera/image_raw", imu_topic: str = "/imu/data"):
+                 height: int = 480, camera_topic: str = "/camera/image_raw", imu_topic: str = "/imu/data",
+                 camera_qos=None, imu_qos=None):
         from rclpy.qos import QoSProfile
         from sensor_msgs.msg import Image, Imu
 
         from frozen_vlm_perception.conversions import rgb_to_image
 
         self.camera_hz, self.imu_hz = camera_hz, imu_hz
-        self.camera = node.create_publisher(Image, camera_topic, QoSProfile(depth=2))
-        self.imu = node.create_publisher(Imu, imu_topic, QoSProfile(depth=100))
+        self.camera = node.create_publisher(Image, camera_topic, camera_qos or QoSProfile(depth=2))
+        self.imu = node.create_publisher(Imu, imu_topic, imu_qos or QoSProfile(depth=100))
         yy, xx = np.mgrid[0:height, 0:width]
         rgb = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
                         np.full_like(xx, 128)], axis=-1).astype(np.uint8)

@@ -27,6 +27,13 @@ conversion reason, messages DDS reports lost before any callback saw them
 out-of-memory error drops the frame (``drop:inference_error:oom``) and empties the CUDA cache; after
 ``oom_cpu_fallback_after`` of them in a row the model is reloaded on the CPU and labelling goes on there.
 
+QoS: ``camera.qos_reliability`` / ``imu.qos_reliability`` default to ``auto``: the subscription is
+best effort while a publisher on its topic is best effort (a driver using SensorDataQoS), reliable
+otherwise, re-checked every ``AUTO_QOS_CHECK_S`` so that drivers started after the node are heard too;
+the choice is logged and reported in /diagnostics (``camera_qos_reliability``, ``imu_qos_reliability``).
+``reliable`` / ``best_effort`` fix it; a publisher that cannot reach a fixed setting is logged once,
+naming the parameter.
+
 Lifecycle: configure loads the model and creates the publishers and subscriptions; activate starts
 the worker (reloading the model if a deactivate released it); deactivate stops the worker and frees
 the model; cleanup and shutdown release everything. Parameters are read at configure, except
@@ -64,9 +71,12 @@ from frozen_vlm_perception.conversions import (
     to_time_msg,
 )
 from frozen_vlm_perception.nodes.common import (
+    AUTO_QOS_CHECK_S,
     DEFAULT_MODEL_DIR,
-    RELIABILITY_CHOICES,
+    RELIABILITY_AUTO,
+    SUBSCRIPTION_RELIABILITY_CHOICES,
     Counters,
+    FollowingSubscription,
     ParamSpec,
     TeardownReleases,
     apply_torch_threads,
@@ -76,11 +86,9 @@ from frozen_vlm_perception.nodes.common import (
     delta,
     diagnostic_array,
     free_cuda_cache,
-    incompatible_qos_warning,
     is_out_of_memory,
     log_transition_errors,
     parameter_values,
-    qos_profile,
     resolve_model_dir,
     section,
     spin_lifecycle_main,
@@ -103,10 +111,12 @@ _SYNC_DOCS = {
     ),
 }
 
-# Subscription QoS defaults. Reliable: over loopback best-effort lost about 30% of 900 KB images
-# (DESIGN.md section 4). Camera depth 2: the mailbox keeps only the newest frame anyway, a deeper
-# DDS queue would only hold frames that are superseded on arrival. IMU depth 100 (0.5 s at 200 Hz):
-# an executor hiccup must not lose samples, every one of them is used.
+# Subscription QoS defaults. Reliability auto: best effort when a publisher on the topic is best
+# effort (SensorDataQoS drivers; a reliable subscription would receive nothing from them), reliable
+# otherwise, since over loopback best-effort lost about 30% of 900 KB images (resolve_reliability in
+# nodes/common.py; followed while the node runs). Camera depth 2: the mailbox keeps only the newest
+# frame anyway, a deeper DDS queue would only hold frames that are superseded on arrival. IMU depth
+# 100 (0.5 s at 200 Hz): an executor hiccup must not lose samples, every one of them is used.
 PARAMS: list[ParamSpec] = [
     ParamSpec("autostart", True, "Configure and activate at start (console script and runner)."),
     ParamSpec("model_dir", DEFAULT_MODEL_DIR,
@@ -123,12 +133,15 @@ PARAMS: list[ParamSpec] = [
               f"{ALPHA_FROM_MODEL:g}: the model folder's alpha.", (ALPHA_FROM_MODEL, 1.0)),
     ParamSpec("camera.topic", "/camera/image_raw", "sensor_msgs/Image input."),
     ParamSpec("camera.qos_depth", 2, "Keep-last depth of the camera subscription.", (1, 1000)),
-    ParamSpec("camera.qos_reliability", "reliable", "Camera subscription reliability (best_effort for "
-              "drivers that publish SensorDataQoS).", choices=RELIABILITY_CHOICES),
+    ParamSpec("camera.qos_reliability", RELIABILITY_AUTO,
+              "Camera subscription reliability. auto: best_effort while a publisher on the topic is best "
+              "effort (e.g. SensorDataQoS drivers, also ones started later), else reliable; reliable | "
+              "best_effort: fixed.", choices=SUBSCRIPTION_RELIABILITY_CHOICES),
     ParamSpec("imu.topic", "/imu/data", "sensor_msgs/Imu input."),
     ParamSpec("imu.qos_depth", 100, "Keep-last depth of the IMU subscription.", (1, 10000)),
-    ParamSpec("imu.qos_reliability", "reliable", "IMU subscription reliability.",
-              choices=RELIABILITY_CHOICES),
+    ParamSpec("imu.qos_reliability", RELIABILITY_AUTO,
+              "IMU subscription reliability: auto (follow the publishers, as camera.qos_reliability), "
+              "reliable or best_effort.", choices=SUBSCRIPTION_RELIABILITY_CHOICES),
     *dataclass_specs("sync", SyncConfig, _SYNC_DOCS),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics and of the drop summary log.",
               (0.1, 3600.0)),
@@ -196,7 +209,8 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._pub_activity = self._pub_latents = self._pub_diagnostics = None
-        self._sub_camera = self._sub_imu = None
+        self._sub_camera = self._sub_imu = None  # FollowingSubscription (reliability may follow publishers)
+        self._qos_timer = None
         self._diag_timer = None
         self._last_counts: dict[str, int] = {}
         self._stage_ms: dict[str, float] = {}  # summed per stage since the last diagnostics
@@ -237,24 +251,22 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         self._pub_latents = self.create_lifecycle_publisher(SceneLatents, "~/latents", 10)
         # Diagnostics are an ordinary publisher: an inactive node still says that it is inactive.
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._sub_camera = self.create_subscription(
-            Image, values["camera.topic"], self._on_image,
-            qos_profile(values["camera.qos_depth"], values["camera.qos_reliability"]),
-            event_callbacks=incompatible_qos_warning(
-                self, values["camera.topic"], on_lost=self._lost_counter("camera")
-            ),
+        # Reliability 'auto' follows the publishers on the topic (nodes/common.py FollowingSubscription).
+        self._sub_camera = FollowingSubscription(
+            self, Image, values["camera.topic"], self._on_image, values["camera.qos_depth"],
+            values["camera.qos_reliability"], "camera.qos_reliability", on_lost=self._lost_counter("camera"),
         )
-        self._sub_imu = self.create_subscription(
-            Imu, values["imu.topic"], self._on_imu,
-            qos_profile(values["imu.qos_depth"], values["imu.qos_reliability"]),
-            event_callbacks=incompatible_qos_warning(
-                self, values["imu.topic"], on_lost=self._lost_counter("imu")
-            ),
+        self._sub_imu = FollowingSubscription(
+            self, Imu, values["imu.topic"], self._on_imu, values["imu.qos_depth"],
+            values["imu.qos_reliability"], "imu.qos_reliability", on_lost=self._lost_counter("imu"),
         )
+        if self._sub_camera.auto or self._sub_imu.auto:
+            self._qos_timer = self.create_timer(AUTO_QOS_CHECK_S, self._follow_publishers_qos)
         self._diag_timer = self.create_timer(values["diagnostics_period_s"], self._publish_diagnostics)
         self.get_logger().info(
             f"configured: model {self._model_path}, fusion {fusion.mode} alpha {fusion.alpha:g}, camera "
-            f"{self._sub_camera.topic_name}, imu {self._sub_imu.topic_name}"
+            f"{self._sub_camera.topic_name} ({self._sub_camera.reliability}), imu {self._sub_imu.topic_name} "
+            f"({self._sub_imu.reliability})"
         )
         return super().on_configure(state)
 
@@ -328,9 +340,12 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
                 self.get_logger().error("the worker did not stop within 30 s")
 
     def _destroy_entities(self) -> None:
+        if self._qos_timer is not None:
+            self.destroy_timer(self._qos_timer)
+            self._qos_timer = None
         for sub in (self._sub_camera, self._sub_imu):
             if sub is not None:
-                self.destroy_subscription(sub)
+                sub.destroy()
         for pub in (self._pub_activity, self._pub_latents):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
@@ -523,6 +538,12 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
             latents.imu_window_end = header.stamp  # exactly the frame's stamp, no float round trip
         self._pub_latents.publish(latents)
 
+    def _follow_publishers_qos(self) -> None:
+        """Timer: 'auto' subscriptions take the reliability the publishers now offer (logged on change)."""
+        for sub in (self._sub_camera, self._sub_imu):
+            if sub is not None:
+                sub.check()
+
     def _lost_counter(self, kind: str):
         """Counts messages DDS lost before they reached a callback (``drop:<kind>:lost_in_transport``)."""
 
@@ -565,6 +586,9 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
             ("device", str(pipeline.device) if pipeline is not None else ""),
             ("fusion_mode", self._fusion.mode),
             ("fusion_alpha", self._fusion.alpha),
+            # What the subscriptions use now ('auto' follows the publishers on the topic).
+            ("camera_qos_reliability", self._sub_camera.reliability if self._sub_camera else ""),
+            ("imu_qos_reliability", self._sub_imu.reliability if self._sub_imu else ""),
             # Bounded buffers, reported so that a soak test can see that they stay bounded.
             ("imu_buffer_samples", len(imu) if imu is not None else 0),
             ("period_frames_received", received),

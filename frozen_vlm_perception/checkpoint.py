@@ -108,9 +108,13 @@ def check_compatible(
         raise CheckpointError(f"{where} does not match: " + "; ".join(problems))
 
 
-def load_state_into(model_dir: str | Path, module: torch.nn.Module, *, prefix: str = "") -> None:
+def load_state_into(
+    model_dir: str | Path, module: torch.nn.Module, *, prefix: str = "", allow_missing: tuple[str, ...] = ()
+) -> None:
     """Load model.safetensors into module, strictly: names and shapes must all agree. With
-    ``prefix``, only the tensors under it (prefix removed) go into ``module`` (a submodule)."""
+    ``prefix``, only the tensors under it (prefix removed) go into ``module`` (a submodule).
+    ``allow_missing``: name prefixes of parts new to the module that the file may lack (they keep
+    their initial values)."""
     path = Path(model_dir) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
@@ -121,7 +125,7 @@ def load_state_into(model_dir: str | Path, module: torch.nn.Module, *, prefix: s
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(name for name in set(expected) - set(state) if not name.startswith(allow_missing))
     unexpected = sorted(set(state) - set(expected))
     wrong = [
         f"{name}: checkpoint {tuple(state[name].shape)}, model {tuple(expected[name].shape)}"
@@ -137,7 +141,7 @@ def load_state_into(model_dir: str | Path, module: torch.nn.Module, *, prefix: s
         if unexpected:
             parts.append(f"unexpected tensors: {unexpected[:8]}" + (" ..." if len(unexpected) > 8 else ""))
         raise CheckpointError(f"{path} does not fit the model: " + " | ".join(parts))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=not allow_missing)
 
 
 def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:

@@ -37,6 +37,12 @@ def _train_adapter(args: argparse.Namespace) -> int:
     return main_adapter(args)
 
 
+def _train_fusion(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.training.fusion import main_fusion
+
+    return main_fusion(args)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from frozen_vlm_perception.evaluation.evaluate import main_eval
 
@@ -101,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bag", default=None, help="demo bag folder (default: made under ~/.cache if missing)")
     p.add_argument("--model", default=None, help="model folder (default: the shipped models/demo)")
     p.add_argument("--seconds", type=float, default=60.0, help="how much of the test split to play")
+    p.add_argument(
+        "--verbose", action="store_true", help="print every label as it comes back (default: a line a second)"
+    )
 
     p = add(
         "make-demo-bag", "write the demo rosbag2 from real HAPT IMU streams and real photos", _make_demo_bag
@@ -115,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         "adapter", help="stage 2: resampler/adapter + head with the frozen LM's loss"
     )
     adapter.set_defaults(handler=_train_adapter)
-    _add_train_arguments(align, adapter)
+    fusion = train_sub.add_parser(
+        "fusion", help="choose a finished model's fusion weight alpha on a validation bag (no retraining)"
+    )
+    fusion.set_defaults(handler=_train_fusion)
+    _add_train_arguments(align, adapter, fusion)
 
     p = add(
         "eval", "score a model on a bag: accuracy, macro-F1, retrieval, QA, latency; writes a report", _eval
@@ -184,11 +197,18 @@ def _add_make_demo_bag_arguments(p: argparse.ArgumentParser) -> None:
     add_make_demo_bag_arguments(p)
 
 
-def _add_train_arguments(align: argparse.ArgumentParser, adapter: argparse.ArgumentParser) -> None:
-    from frozen_vlm_perception.training.cli_args import add_adapter_arguments, add_align_arguments
+def _add_train_arguments(
+    align: argparse.ArgumentParser, adapter: argparse.ArgumentParser, fusion: argparse.ArgumentParser
+) -> None:
+    from frozen_vlm_perception.training.cli_args import (
+        add_adapter_arguments,
+        add_align_arguments,
+        add_fusion_arguments,
+    )
 
     add_align_arguments(align)
     add_adapter_arguments(adapter)
+    add_fusion_arguments(fusion)
 
 
 def _add_eval_arguments(p: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ DEFAULT_ACTIVITY_LABELS = (
 VISION_BACKENDS = ("mobilenet_v2", "open_clip", "hf_clip")
 ADAPTER_KINDS = ("resampler", "linear")
 FUSION_MODES = ("fused", "vision", "imu")
+FUSION_WEIGHTINGS = ("fixed", "gate")
 
 
 class ConfigError(ValueError):
@@ -100,12 +101,20 @@ class ImuConfig:
 class FusionConfig:
     """Weighted linear combination of the two modalities."""
 
-    alpha: float = 0.5  # weight of vision; the IMU gets 1 - alpha
+    # Weight of vision; the IMU gets 1 - alpha. Stage 2 replaces it with the value that is best on
+    # the validation data (training/fusion.py), so 0.5 is only where training starts.
+    alpha: float = 0.5
     mode: str = "fused"  # fused | vision | imu
+    # fixed: every sample gets alpha. gate: a small network weighs the modalities per sample from their
+    # embeddings (nn/fusion.py ModalityGate); an explicit alpha at inference still overrides it.
+    weighting: str = "fixed"
+    gate_hidden: int = 32  # width of the gate's hidden layer
 
     def validate(self) -> None:
         _check_range("fusion.alpha", self.alpha, 0.0, 1.0)
         _check_choice("fusion.mode", self.mode, FUSION_MODES)
+        _check_choice("fusion.weighting", self.weighting, FUSION_WEIGHTINGS)
+        _check_range("fusion.gate_hidden", self.gate_hidden, 1, 4096)
 
 
 @dataclass

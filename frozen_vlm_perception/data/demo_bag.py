@@ -51,6 +51,9 @@ SHAKE_TAU_S = 0.1  # high-pass of the accelerometer that drives shake
 SHAKE_PX_PER_MS2 = 0.4  # shake in pixels (at 160 px width) per m/s^2 of high-passed accel
 MAX_PAN = 0.15  # pan + shake clipped to this fraction of the image width
 EXPOSURE_S = 1 / 60
+# imu: the camera moves with the IMU stream (the demo). still: a fixed camera that sees only the
+# place, so the video carries nothing of the activity (a recording where the camera says little).
+CAMERA_MOTIONS = ("imu", "still")
 BLUR_SUBSAMPLES = 3
 
 
@@ -298,6 +301,7 @@ def make_demo_bag(
     storage: str = "mcap",
     compress: bool = True,
     epoch_ns: int = DEMO_EPOCH_NS,
+    camera_motion: str = "imu",
 ) -> DemoBagInfo:
     """Write the demo rosbag2 folder ``out_path`` (must not exist) and return what was written.
 
@@ -308,6 +312,8 @@ def make_demo_bag(
     began = time.perf_counter()
     if camera_rate_hz <= 0 or image_width < 8 or image_height < 8:
         raise ValueError("camera_rate_hz must be > 0 and images at least 8x8")
+    if camera_motion not in CAMERA_MOTIONS:
+        raise ValueError(f"camera_motion must be one of {CAMERA_MOTIONS}, got {camera_motion!r}")
     out_path = Path(out_path)
     segments, recordings = plan_segments(
         split,
@@ -321,6 +327,8 @@ def make_demo_bag(
         raise ValueError(f"no activity segments for split {split!r} with these settings")
     stamps, imu, _ = assemble_imu(segments, recordings, epoch_ns)
     path = camera_path(stamps, imu, image_width)
+    if camera_motion == "still":  # a camera that says little: the place, nothing of the activity
+        path = CameraPath(path.t_ns, np.zeros_like(path.roll), np.zeros_like(path.dx), np.zeros_like(path.dy))
     prepared = {
         key: prepare_photo(photos.load_place_image(key), image_width, image_height)
         for key in sorted({s.place for s in segments})
@@ -342,6 +350,7 @@ def make_demo_bag(
         "camera_rate_hz": camera_rate_hz,
         "image_size": [image_width, image_height],
         "seconds_per_segment": seconds_per_segment,
+        "camera_motion": camera_motion,
     }
     manifest = _manifest(segments, settings, stamps, frame_ns)
     with BagWriter(out_path, storage=storage, compress=compress) as writer:
@@ -480,6 +489,13 @@ def add_make_demo_bag_arguments(p) -> None:
         "--max-subjects", type=int, default=None, help="use only the first N subjects of the split"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the place assignment")
+    p.add_argument(
+        "--camera-motion",
+        choices=CAMERA_MOTIONS,
+        default="imu",
+        help="imu: the virtual camera moves with the IMU (the demo); still: a fixed camera that sees only "
+        "the place (a recording whose camera says little about the activity)",
+    )
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
     p.add_argument("--no-compress", action="store_true", help="no zstd chunk compression (mcap)")
     p.add_argument("--force", action="store_true", help="replace an existing demo bag (one with a manifest)")
@@ -510,6 +526,7 @@ def main_make_demo_bag(args) -> int:
         seed=args.seed,
         storage=args.storage,
         compress=not args.no_compress,
+        camera_motion=args.camera_motion,
     )
     manifest = info.manifest
     print(

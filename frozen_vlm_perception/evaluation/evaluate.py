@@ -29,13 +29,14 @@ from frozen_vlm_perception.data.bags import read_paired_samples
 from frozen_vlm_perception.evaluation import qa as qa_eval
 from frozen_vlm_perception.evaluation.metrics import accuracy, confusion_matrix, macro_f1, retrieval_recall
 from frozen_vlm_perception.evaluation.report import write_report
+from frozen_vlm_perception.nn.fusion import ALPHA_GRID
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.training.cli_args import add_bag_arguments, data_config_from_args
 from frozen_vlm_perception.training.config import DataConfig
 from frozen_vlm_perception.training.dataset import EmbeddingSet, load_embeddings
 
 MODES = ("vision", "imu", "fused")
-ALPHA_SWEEP = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
+ALPHA_SWEEP = ALPHA_GRID
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,7 @@ class SceneOutput:
     logits: Tensor  # (B, num_labels) activity logits
     pooled: Tensor  # (B, D) fused pooled embedding in the vision space
     imu_pooled: Tensor | None  # (B, D) IMU embedding (for the alignment loss), None without IMU
+    vision_weight: Tensor  # (B,) the share of vision in the fusion (1: vision only, 0: IMU only)
 
 
 class SceneModel(nn.Module):
@@ -41,7 +42,8 @@ class SceneModel(nn.Module):
         self.vision_tokens = vision_tokens
         self.lm_dim = lm_dim
         self.imu_encoder = ImuEncoder(config=config.imu, out_dim=vision_dim)
-        self.fusion = ModalityFusion(dim=vision_dim, alpha=config.fusion.alpha)
+        gate_hidden = config.fusion.gate_hidden if config.fusion.weighting == "gate" else 0
+        self.fusion = ModalityFusion(dim=vision_dim, alpha=config.fusion.alpha, gate_hidden=gate_hidden)
         if config.adapter.kind == "resampler":
             self.adapter = PerceiverResampler(config=config.adapter, media_dim=vision_dim, out_dim=lm_dim)
         else:
@@ -108,7 +110,7 @@ class SceneModel(nn.Module):
             has_imu = torch.ones(batch, dtype=torch.bool, device=device)
 
         with stage("fusion_resampler"):
-            tokens, log_weights, pooled = self.fusion(
+            tokens, log_weights, pooled, vision_weight = self.fusion(
                 vision_tokens=vision_tokens,
                 vision_pooled=vision_pooled,
                 imu_tokens=imu_tokens,
@@ -123,7 +125,9 @@ class SceneModel(nn.Module):
                 latents = self.adapter(pooled)
         with stage("head"):
             logits = self.head(latents)
-        return SceneOutput(latents=latents, logits=logits, pooled=pooled, imu_pooled=imu_pooled)
+        return SceneOutput(
+            latents=latents, logits=logits, pooled=pooled, imu_pooled=imu_pooled, vision_weight=vision_weight
+        )
 
 
 def _batch_size(vision_pooled: Tensor | None, imu_windows: Tensor | None) -> int:

@@ -14,7 +14,9 @@ encoder (frozen now, so the alignment of stage 1 is kept) and the LM are fixed. 
 Modality dropout: each sample is randomly fused, vision-only or IMU-only, so all three inference
 modes are trained (a robot whose IMU drops out must still get answers). The place question is only
 asked when the frame is used: an IMU window cannot know the place. The fusion weight alpha is
-jittered per batch around the configured value, because it is a user-facing knob at inference.
+jittered per batch around the configured value, because it is a user-facing knob at inference; with a
+learned gate (``--fusion gate``) a share of the batches is fused by the gate instead. At the end, the
+fixed alpha is chosen on the validation data (training/fusion.py) and stored in the folder.
 
 The LM forward+backward is the expensive part (SmolLM2-135M on a CPU: seconds per step), so only
 ``lm_batch_size`` samples of a batch go through it, every ``lm_loss_every``-th step, and training
@@ -75,6 +77,7 @@ from frozen_vlm_perception.training.dataset import (
     EncoderFactory,
     load_train_val,
 )
+from frozen_vlm_perception.training.fusion import choose_fusion, sweep_table
 from frozen_vlm_perception.training.losses import embedding_mse, supervised_ce
 
 log = logging.getLogger(__name__)
@@ -132,6 +135,9 @@ def train_adapter(
 
     if train.adapter and train.adapter != config.adapter.kind:
         config = replace(config, adapter=replace(config.adapter, kind=train.adapter))
+    new_gate = train.fusion == "gate" and config.fusion.weighting != "gate"
+    if train.fusion:
+        config = replace(config, fusion=replace(config.fusion, weighting=train.fusion))
     scene_model = SceneModel(
         config=config,
         vision_dim=dims["vision_dim"],
@@ -141,8 +147,8 @@ def train_adapter(
     if train.reinit:  # only stage 1's IMU encoder comes from the folder
         load_state_into(model_dir, scene_model.imu_encoder, prefix="imu_encoder.")
         reinit_stage2_parts(scene_model, seed=train.seed)
-    else:
-        load_state_into(model_dir, scene_model)
+    else:  # a gate new to the folder keeps its fresh init (it starts at the folder's alpha)
+        load_state_into(model_dir, scene_model, allow_missing=("fusion.gate.",) if new_gate else ())
     scene_model.to(ctx.device)
     language = language if language is not None else _load_language(config, ctx.device)
     if language.hidden_size != dims["lm_dim"]:
@@ -228,10 +234,15 @@ def train_adapter(
     bar.close()
 
     scene_model.load_state_dict(best["state"], strict=False)
+    # The fixed alpha is chosen on the validation data (a gate, if any, is kept and scored beside it).
+    fusion_record = choose_fusion(scene_model, val_set, list(config.labels), ctx.device)
+    _say(ctx, "fusion weight on the validation data:\n" + sweep_table(fusion_record))
+    config = scene_model.config
     frozen_ok = _same_state(frozen_imu, scene_model.imu_encoder.state_dict())
     if not frozen_ok:  # cannot happen unless someone unfreezes it; never ship a silently changed encoder
         raise RuntimeError("the IMU encoder changed during stage 2 although it is frozen")
     report = _report(train, data, train_set, val_set, history, best["metrics"], ctx, args, model_dir)
+    report["fusion"] = fusion_record
     if ctx.is_main:
         _write_folder(out_dir, scene_model, config, metadata, report, history)
     ctx.barrier()
@@ -358,7 +369,7 @@ def _train_step(
     """One optimizer step: modality dropout, jittered alpha, head CE (+ the LM loss when with_lm;
     + the caption loss, alone when ``caption_only``)."""
     has_vision, has_imu = sample_modalities(batch["has_imu"], train, rng)
-    alpha = jittered_alpha(config.fusion.alpha, train.alpha_jitter, rng)
+    alpha = batch_alpha(config, train, rng)
     out = model(
         vision_tokens=batch["vision_tokens"].to(device).float(),
         vision_pooled=batch["vision_pooled"].to(device),
@@ -440,6 +451,14 @@ def sample_modalities(
         vision.append(mode != "imu")
         imu.append(mode != "vision")
     return torch.tensor(vision), torch.tensor(imu)
+
+
+def batch_alpha(config: ModelConfig, train: AdapterTrainConfig, rng: random.Random) -> float | None:
+    """The fusion weight of one training batch: None (the gate's, per sample) for a share ``p_gate``
+    of the batches of a gated model, else the configured alpha jittered."""
+    if config.fusion.weighting == "gate" and rng.random() < train.p_gate:
+        return None
+    return jittered_alpha(config.fusion.alpha, train.alpha_jitter, rng)
 
 
 def jittered_alpha(alpha: float, jitter: float, rng: random.Random) -> float:

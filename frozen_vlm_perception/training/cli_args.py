@@ -16,7 +16,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from frozen_vlm_perception.config import ADAPTER_KINDS, ConfigError, ModelConfig, from_dict
+from frozen_vlm_perception.config import ADAPTER_KINDS, FUSION_WEIGHTINGS, ConfigError, ModelConfig, from_dict
 from frozen_vlm_perception.training.config import (
     ADAPTER_MONITORS,
     ALIGN_MONITORS,
@@ -191,6 +191,14 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --reinit: train this adapter kind instead of the folder's (stage 1 does not depend on it)",
     )
     stage.add_argument(
+        "--fusion",
+        choices=FUSION_WEIGHTINGS,
+        default=None,
+        help="fixed: one vision weight alpha (chosen on the validation data at the end); gate: a small "
+        "network weighs the modalities per sample (default: the folder's)",
+    )
+    _option(stage, defaults, "p_gate", float, "with a gate: share of batches fused by the gate")
+    stage.add_argument(
         "--modality-probs",
         type=float,
         nargs=3,
@@ -203,9 +211,17 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     _option(stage, defaults, "val_lm_samples", int, "validation samples through the LM")
 
 
+def add_fusion_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``fvp train fusion`` (choose a finished folder's alpha)."""
+    add_bag_arguments(parser, with_val=False)
+    parser.add_argument("--model", required=True, help="the finished model folder (its alpha is updated)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """``train align`` and ``train adapter`` subcommands; each sets ``args.func(args) -> int``."""
-    sub = parser.add_subparsers(dest="train_command", required=True, metavar="{align,adapter}")
+    """``train align``, ``train adapter`` and ``train fusion`` subcommands; each sets
+    ``args.func(args) -> int``."""
+    sub = parser.add_subparsers(dest="train_command", required=True, metavar="{align,adapter,fusion}")
     align = sub.add_parser(
         "align",
         help="stage 1: align the IMU encoder to the frozen vision encoder",
@@ -220,6 +236,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_adapter_arguments(adapter)
     adapter.set_defaults(func=_run_adapter)
+    fusion = sub.add_parser(
+        "fusion",
+        help="choose a finished model's fusion weight alpha on validation data (no retraining)",
+        description="Sweep the fusion weight alpha on a (validation) bag and store the best in the folder.",
+    )
+    add_fusion_arguments(fusion)
+    fusion.set_defaults(func=_run_fusion)
 
 
 def _run_align(args: argparse.Namespace) -> int:
@@ -232,6 +255,12 @@ def _run_adapter(args: argparse.Namespace) -> int:
     from frozen_vlm_perception.training.adapter import main_adapter
 
     return main_adapter(args)
+
+
+def _run_fusion(args: argparse.Namespace) -> int:
+    from frozen_vlm_perception.training.fusion import main_fusion
+
+    return main_fusion(args)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from frozen_vlm_perception.config import ConfigError
+from frozen_vlm_perception.config import FUSION_WEIGHTINGS, ConfigError
 from frozen_vlm_perception.data.bags import ACTIVITY_TOPIC, CAMERA_TOPIC, IMU_TOPIC, PLACE_TOPIC
 
 # Early-stopping metrics and whether larger is better.
@@ -124,6 +124,10 @@ class AdapterTrainConfig:
     p_general: float = 0.1  # share of LM samples that ask a general question, taught its no-scene answer
     reinit: bool = False  # start fusion, adapter and head from a fresh init (the IMU encoder is kept)
     adapter: str = ""  # "resampler" | "linear" with reinit: switch the adapter kind; "": the folder's
+    # "fixed" | "gate": how the modalities are weighted (config.FusionConfig.weighting); "": the folder's.
+    # A gate that is new to the folder starts at the folder's alpha.
+    fusion: str = ""
+    p_gate: float = 0.5  # with a gate: share of batches fused by the gate (the rest by a jittered alpha)
     val_every: int = 200  # validate every n steps; 0: after every epoch
     val_lm_samples: int = 32  # validation samples that go through the LM
     patience: int = 4  # validations without improvement before stopping
@@ -141,6 +145,10 @@ class AdapterTrainConfig:
             raise ConfigError(f"adapter must be resampler or linear, got {self.adapter!r}")
         if self.adapter and not self.reinit:
             raise ConfigError("choosing the adapter kind in stage 2 needs reinit (--reinit): a new adapter")
+        if self.fusion not in ("", *FUSION_WEIGHTINGS):
+            raise ConfigError(f"fusion must be one of {FUSION_WEIGHTINGS}, got {self.fusion!r}")
+        if not 0 <= self.p_gate <= 1:
+            raise ConfigError(f"p_gate must lie in [0, 1], got {self.p_gate}")
         if self.caption_steps < 0 or not 0 <= self.p_general <= 1:
             raise ConfigError("caption_steps must be >= 0 and p_general in [0, 1]")
         probs = (self.p_fused, self.p_vision, self.p_imu)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from frozen_vlm_perception.config import AdapterConfig, ImuConfig, ModelConfig
-from frozen_vlm_perception.nn.fusion import ModalityFusion
+from frozen_vlm_perception.config import AdapterConfig, FusionConfig, ImuConfig, ModelConfig
+from frozen_vlm_perception.nn.fusion import GATE_MIN, ModalityFusion
 from frozen_vlm_perception.nn.imu import ImuEncoder
 from frozen_vlm_perception.nn.model import SceneModel
 from frozen_vlm_perception.nn.resampler import PerceiverResampler
@@ -52,7 +52,7 @@ def test_fusion_pooled_is_the_weighted_combination_with_per_sample_mask():
     v, i = torch.randn(3, D), torch.randn(3, D)
     has_v = torch.tensor([True, True, False])
     has_i = torch.tensor([True, False, True])
-    tokens, log_w, pooled = fusion(
+    tokens, log_w, pooled, vision_weight = fusion(
         vision_tokens=torch.randn(3, N, D),
         vision_pooled=v,
         imu_tokens=torch.randn(3, 4, D),
@@ -67,6 +67,7 @@ def test_fusion_pooled_is_the_weighted_combination_with_per_sample_mask():
     assert math.isclose(log_w[0, 0].exp().item(), 0.25, rel_tol=1e-5)
     assert math.isclose(log_w[0, -1].exp().item(), 0.75, rel_tol=1e-5)
     assert torch.isinf(log_w[1, N:]).all() and torch.isinf(log_w[2, :N]).all()
+    torch.testing.assert_close(vision_weight, torch.tensor([0.25, 1.0, 0.0]))
 
 
 def test_fusion_refuses_samples_without_any_modality():
@@ -104,6 +105,53 @@ def test_alpha_changes_the_fused_latents_only_when_both_modalities_are_present()
     torch.testing.assert_close(
         model(**vision_only, alpha=0.2).latents, model(**vision_only, alpha=0.8).latents
     )
+
+
+def scene_inputs(batch: int) -> dict[str, torch.Tensor]:
+    return dict(
+        vision_tokens=torch.randn(batch, N, D),
+        vision_pooled=torch.randn(batch, D),
+        imu_windows=torch.randn(batch, 128, 6),
+    )
+
+
+def gated_model(alpha: float = 0.3) -> SceneModel:
+    config = small_config("resampler")
+    fusion = FusionConfig(alpha=alpha, weighting="gate", gate_hidden=8)
+    config = ModelConfig(imu=config.imu, adapter=config.adapter, fusion=fusion)
+    return SceneModel(config=config, vision_dim=D, vision_tokens=N, lm_dim=H)
+
+
+def test_gate_starts_at_alpha_and_an_explicit_alpha_overrides_it():
+    model = gated_model(alpha=0.3).eval()
+    inputs = scene_inputs(4)
+    fixed = SceneModel(config=small_config("resampler"), vision_dim=D, vision_tokens=N, lm_dim=H).eval()
+    fixed.load_state_dict(model.state_dict(), strict=False)
+    fixed.fusion.alpha = 0.3
+    start = model(**inputs)
+    torch.testing.assert_close(start.vision_weight, torch.full((4,), 0.3))
+    torch.testing.assert_close(start.logits, fixed(**inputs).logits)  # untrained gate == alpha 0.3
+    # A trained gate gives every sample its own weight; an explicit alpha still wins.
+    torch.nn.init.normal_(model.fusion.gate.out.weight, std=1.0)
+    gated = model(**inputs)
+    assert gated.vision_weight.std() > 0.01
+    assert ((gated.vision_weight > GATE_MIN) & (gated.vision_weight < 1 - GATE_MIN)).all()
+    torch.testing.assert_close(model(**inputs, alpha=0.7).vision_weight, torch.full((4,), 0.7))
+    torch.testing.assert_close(model(**inputs, alpha=0.7).logits, fixed(**inputs, alpha=0.7).logits)
+    # One modality missing: the gate has nothing to weigh.
+    assert model(**dict(inputs, imu_windows=None)).vision_weight.eq(1.0).all()
+
+
+def test_gate_learns_from_the_head_loss():
+    model = gated_model()
+    inputs = scene_inputs(4)
+    loss = torch.nn.functional.cross_entropy(model(**inputs).logits, torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    grads = [p.grad for p in model.fusion.gate.parameters()]
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    model.zero_grad()
+    model(**inputs, alpha=0.5).logits.sum().backward()  # overridden: the gate gets no gradient
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in model.fusion.gate.parameters())
 
 
 def test_frozen_vision_stays_bit_identical_after_an_optimizer_step(vision_encoder):

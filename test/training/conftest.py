@@ -8,6 +8,7 @@ seeds give different activity orders, noise, phases and camera jitter: a second 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,12 +68,15 @@ SIGNATURES = tuple(
 )
 
 
-def write_tiny_bag(path: Path, *, seed: int, passes: int) -> Path:
+def write_tiny_bag(path: Path, *, seed: int, passes: int, one_place: str = "") -> Path:
     """A rosbag2 folder: `passes` x (every signature once, 4 s each, shuffled), IMU 50 Hz, 64x48
-    frames at 2.5 Hz of the signature's place with a random camera jitter, activity labels, places."""
+    frames at 2.5 Hz of the signature's place with a random camera jitter, activity labels, places.
+    ``one_place``: every segment is seen in this place instead (a camera that says nothing)."""
     rng = np.random.default_rng(seed)
     order = [SIGNATURES[i] for _ in range(passes) for i in rng.permutation(len(SIGNATURES))]
-    photos = {sig.place: _photo(sig.place) for sig in SIGNATURES}
+    if one_place:
+        order = [dataclasses.replace(sig, place=one_place) for sig in order]
+    photos = {sig.place: _photo(sig.place) for sig in order}
     total_s = len(order) * SEGMENT_S
 
     def at(t: float) -> Signature:

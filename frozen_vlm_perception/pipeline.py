@@ -43,6 +43,9 @@ class Scene:
     labels: tuple[str, ...]
     modalities: tuple[str, ...]  # which of "vision", "imu" were used
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage, for the whole batch
+    # Share of vision in the fusion: the gate's per-frame weight or the fixed alpha (1.0 vision only,
+    # 0.0 IMU only): which sensor the robot trusted for this frame.
+    vision_weight: float = 1.0
 
     @property
     def label(self) -> str:
@@ -226,6 +229,7 @@ class PerceptionPipeline:
         latents = out.latents.float().cpu().numpy()
         pooled = out.pooled.float().cpu().numpy()
         scores = out.logits.float().softmax(-1).cpu().numpy()
+        vision_weights = out.vision_weight.float().cpu().tolist()
         labels = tuple(self.config.labels)
         scenes = []
         for i in range(batch):
@@ -242,6 +246,7 @@ class PerceptionPipeline:
                     labels=labels,
                     modalities=modalities,
                     timings_ms=timings,
+                    vision_weight=vision_weights[i],
                 )
             )
         return scenes

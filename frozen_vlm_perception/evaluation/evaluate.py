@@ -166,6 +166,12 @@ def evaluate(
         "macro_f1": {mode: macro_f1(target, predictions[mode], num_labels) for mode in MODES},
         "alpha_sweep": [],
         "drops": dict(embeddings.info.get("drops", {})),
+        "fusion": {  # what the fused row used: the model's alpha, or its gate's per-sample weights
+            "weighting": config.fusion.weighting,
+            "alpha": config.fusion.alpha,
+            "vision_weight_mean": float(outputs["fused"]["vision_weight"].mean()),
+            "vision_weight_std": float(outputs["fused"]["vision_weight"].std()) if len(samples) > 1 else 0.0,
+        },
     }
     for alpha in ALPHA_SWEEP:
         pred = run_scene_model(pipeline, samples, "fused", alpha=alpha)["logits"].argmax(1).numpy()
@@ -228,9 +234,10 @@ def run_scene_model(
     alpha: float | None = None,
     batch_size: int = 128,
 ) -> dict[str, torch.Tensor]:
-    """Logits (M, C), latents (M, L, H) and pooled (M, D) of the trainable part in one mode."""
+    """Logits (M, C), latents (M, L, H), pooled (M, D) and the vision weight (M,) of the trainable
+    part in one mode."""
     model, device = pipeline.scene_model, pipeline.device
-    logits, pooled, latents = [], [], []
+    logits, pooled, latents, weights = [], [], [], []
     for start in range(0, len(samples), batch_size):
         chunk = slice(start, start + batch_size)
         n = len(samples.vision_pooled[chunk])
@@ -247,7 +254,13 @@ def run_scene_model(
         logits.append(out.logits.float().cpu())
         pooled.append(out.pooled.float().cpu())
         latents.append(out.latents.float().cpu())
-    return {"logits": torch.cat(logits), "pooled": torch.cat(pooled), "latents": torch.cat(latents)}
+        weights.append(out.vision_weight.float().cpu())
+    return {
+        "logits": torch.cat(logits),
+        "pooled": torch.cat(pooled),
+        "latents": torch.cat(latents),
+        "vision_weight": torch.cat(weights),
+    }
 
 
 def measure_latency(pipeline: PerceptionPipeline, data: DataConfig, frames: int) -> dict[str, float]:

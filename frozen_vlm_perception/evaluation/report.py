@@ -24,6 +24,18 @@ def write_report(out_dir: Path, report: dict[str, Any], *, tsne: dict[str, np.nd
     (out_dir / "report.md").write_text(markdown(report))
 
 
+def _fusion_line(fusion: dict[str, Any] | None) -> str:
+    if not fusion:
+        return "Fused: the model's fusion weight."
+    if fusion["weighting"] == "gate":
+        return (
+            f"Fused: the model's learned gate, vision weight {fusion['vision_weight_mean']:.2f} "
+            f"+- {fusion['vision_weight_std']:.2f} per sample (its fixed alpha, chosen on validation data, "
+            f"is {fusion['alpha']:.1f})."
+        )
+    return f"Fused: the model's alpha {fusion['alpha']:.1f} (chosen on validation data when stage 2 ran)."
+
+
 def markdown(report: dict[str, Any]) -> str:
     acc, f1, ret = report["accuracy"], report["macro_f1"], report["retrieval"]
     lines = [
@@ -37,6 +49,8 @@ def markdown(report: dict[str, Any]) -> str:
         "| mode | accuracy | macro-F1 |",
         "|---|---|---|",
         *(f"| {mode} | {acc[mode]:.3f} | {f1[mode]:.3f} |" for mode in ("vision", "imu", "fused")),
+        "",
+        _fusion_line(report.get("fusion")),
         "",
         "Fused accuracy over the fusion weight alpha (vision weight; the IMU gets 1 - alpha):",
         "",

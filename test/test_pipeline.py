@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import skimage.data
+import torch
 
 from frozen_vlm_perception.config import ModelConfig
-from frozen_vlm_perception.pipeline import PerceptionPipeline
+from frozen_vlm_perception.pipeline import PerceptionPipeline, Scene
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +40,38 @@ def test_scene_fields(pipeline):
     assert {"preprocess", "vision", "imu", "fusion_resampler", "head"} <= set(scene.timings_ms)
 
 
+def assert_same_scene(a, b) -> None:
+    np.testing.assert_array_equal(a.latents, b.latents)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.pooled, b.pooled)
+
+
+def assert_different_scene(a, b) -> None:
+    assert np.abs(a.latents - b.latents).max() > 1e-3
+    assert np.abs(a.pooled - b.pooled).max() > 1e-3
+
+
 def test_mode_overrides_drop_a_modality(pipeline):
-    frame, imu = skimage.data.coffee(), window(0)
-    assert pipeline.encode_one(frame, imu, mode="vision").source == "vision"
-    assert pipeline.encode_one(frame, imu, mode="imu").source == "imu"
+    """A dropped modality's input changes nothing; the kept one's changes the scene."""
+    coffee, chelsea = skimage.data.coffee(), skimage.data.chelsea()
+    vision = pipeline.encode_one(coffee, window(0), mode="vision")
+    assert vision.source == "vision" and vision.modalities == ("vision",)
+    assert_same_scene(vision, pipeline.encode_one(coffee, window(1), mode="vision"))
+    assert_same_scene(vision, pipeline.encode_one(coffee, None, mode="vision"))
+    assert_different_scene(vision, pipeline.encode_one(chelsea, window(0), mode="vision"))
+
+    imu = pipeline.encode_one(coffee, window(0), mode="imu")
+    assert imu.source == "imu" and imu.modalities == ("imu",)
+    assert_same_scene(imu, pipeline.encode_one(chelsea, window(0), mode="imu"))
+    assert_same_scene(imu, pipeline.encode_one(None, window(0), mode="imu"))
+    assert_different_scene(imu, pipeline.encode_one(coffee, window(1), mode="imu"))
+
+    fused = pipeline.encode_one(coffee, window(0), mode="fused")
+    assert fused.source == "fused"
+    assert_different_scene(fused, pipeline.encode_one(chelsea, window(0), mode="fused"))
+    assert_different_scene(fused, pipeline.encode_one(coffee, window(1), mode="fused"))
     with pytest.raises(ValueError, match="no usable modality"):
-        pipeline.encode_one(frame, None, mode="imu")
+        pipeline.encode_one(coffee, None, mode="imu")
 
 
 def test_bad_imu_windows_are_refused(pipeline):
@@ -62,6 +89,16 @@ def test_answer_without_language_model_is_a_clear_error(pipeline):
         pipeline.answer(scene, "What is here?")
 
 
+def word_scene(language_model, words: str, labels: tuple[str, ...]) -> Scene:
+    """A scene whose pseudo-tokens are the LM's own embeddings of ``words`` (as after "Scene:")."""
+    ids = language_model.tokenizer(" " + words, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        latents = language_model.embed_ids(torch.tensor(ids)).float().numpy()
+    scores = np.full(len(labels), 1.0 / len(labels), dtype=np.float32)
+    return Scene(latents=latents, pooled=np.zeros(1280, np.float32), scores=scores, labels=labels,
+                 modalities=("vision",))  # fmt: skip
+
+
 def test_answer_uses_the_frozen_language_model(pipeline, language_model):
     full = PerceptionPipeline(
         config=pipeline.config,
@@ -70,9 +107,29 @@ def test_answer_uses_the_frozen_language_model(pipeline, language_model):
         language=language_model,
         device=pipeline.device,
     )
+    question = "What is in the photo?"
+    # The answer reads the scene: two scenes that say different things get different answers.
+    labels = tuple(pipeline.config.labels)
+    car = full.answer(word_scene(language_model, "a photo of a red car", labels), question, max_new_tokens=8)
+    cat = full.answer(
+        word_scene(language_model, "a photo of a sleepy cat", labels), question, max_new_tokens=8
+    )
+    assert car.text != cat.text
+    assert "red" in car.text.lower() and "sleepy" in cat.text.lower(), (car.text, cat.text)
+    # An encoded scene's latents are exactly what reaches the LM.
     scene = full.encode_one(skimage.data.coffee(), window(0))
-    result = full.answer(scene, "What is the person doing?", max_new_tokens=8)
-    assert isinstance(result.text, str) and 0 < result.num_tokens <= 8
+    result = full.answer(scene, question, max_new_tokens=8)
+    direct = language_model.generate(torch.from_numpy(scene.latents), question, max_new_tokens=8)
+    assert result.text == direct.text and result.num_tokens == direct.num_tokens
+    assert 0 < result.num_tokens <= 8
+    # ... and they change what the LM expects to say: its loss on one answer differs between two scenes.
+    other = full.encode_one(skimage.data.chelsea(), window(1))
+    with torch.no_grad():
+        losses = [
+            language_model.answer_loss(torch.from_numpy(s.latents)[None], [question], ["A cup of coffee."])
+            for s in (scene, other)
+        ]
+    assert abs(float(losses[0]) - float(losses[1])) > 1e-3, losses
 
 
 def test_without_vision_encoder_imu_scenes_match_and_frames_are_refused(model_dir, torch_threads):

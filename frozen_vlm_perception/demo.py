@@ -2,8 +2,9 @@
 
 1. makes the demo recording's test split if it is missing (held-out HAPT subjects),
 2. starts the perception and reasoning nodes as a real separate process (the runner),
-3. plays the recording into them over Fast DDS, printing every activity label that comes back
-   beside the ground truth,
+3. plays the recording into them over Fast DDS, printing once a second the labels so far, their
+   accuracy against the ground truth and the label latency p50 (``--verbose``: every activity label
+   that comes back, beside the ground truth),
 4. asks questions of every family (activity, place, activity + place, yes/no; trained and held-out
    wordings mixed) through the QueryScene service while the recording plays, prints each answer
    beside the ground truth of the scene the node used and whether it is right (the rules of
@@ -33,6 +34,7 @@ from frozen_vlm_perception.paths import cache_dir, default_model_dir
 from frozen_vlm_perception.questions import FAMILIES, FAMILY_NAMES, wordings
 
 READY_TIMEOUT_S = 180.0  # first run builds the LM cache (about 25 s) on top of loading both models
+STATUS_PERIOD_S = 1.0  # one status line per second while the recording plays (unless --verbose)
 # Moments (share of the played time) at which every family is asked; a round takes several seconds
 # (one answer per family), so the last one starts well before the end. Rounds the playback did not
 # reach are asked right after it (the nodes keep the latest scene).
@@ -59,6 +61,74 @@ class Tally:
         default_factory=list
     )  # stamp, label, conf, src, t
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Progress:
+    """What the demo prints while the recording plays, and the Tally it keeps.
+
+    Without ``verbose``, one status line per ``period`` seconds (``tick``): labels so far, their accuracy
+    against the ground truth, label latency p50, the latest label. With ``verbose``, one line per label
+    as it comes back (about 30 a second). ``now`` is time.monotonic() (passed in: testable).
+    """
+
+    def __init__(self, truth, *, verbose: bool = False, period: float = STATUS_PERIOD_S, out=print):
+        self.tally = Tally()
+        self.truth = truth
+        self.verbose = verbose
+        self.period = period
+        self.out = out
+        self.first_stamp: int | None = None
+        self.started: float | None = None
+        self.last_status: float | None = None
+        self.right = 0
+        self.scored = 0
+        self.latencies_ms: list[float] = []
+
+    def on_frame(self, stamp: int, now: float) -> None:
+        with self.tally.lock:
+            if self.first_stamp is None:
+                self.first_stamp = stamp
+            self.tally.frames_seen[stamp] = now
+
+    def on_label(self, stamp: int, label: str, confidence: float, source: str, now: float) -> None:
+        activity, _, _ = self.truth(stamp)
+        with self.tally.lock:
+            self.tally.labels.append((stamp, label, confidence, source, now))
+            if activity is not None:
+                self.scored += 1
+                self.right += label == activity
+            if stamp in self.tally.frames_seen:
+                self.latencies_ms.append(1000.0 * (now - self.tally.frames_seen[stamp]))
+            t = (stamp - self.first_stamp) / 1e9 if self.first_stamp is not None else 0.0
+        if self.verbose:
+            mark = "ok " if label == activity else "   "
+            self.out(
+                f"  {mark}t={t:6.2f}s  label {label:<19} {confidence:.2f} ({source:<6})  truth {activity}",
+                flush=True,
+            )
+
+    def status_line(self, now: float) -> str:
+        with self.tally.lock:
+            labels = len(self.tally.labels)
+            latest = self.tally.labels[-1] if labels else None
+            accuracy = f"{self.right / self.scored:.3f}" if self.scored else "-"
+            p50 = f"{np.percentile(self.latencies_ms, 50):.0f} ms" if self.latencies_ms else "-"
+        elapsed = 0.0 if self.started is None else now - self.started
+        line = f"[demo] {elapsed:4.0f} s  labels {labels:5d}  accuracy {accuracy}  latency p50 {p50}"
+        if latest is not None:
+            line += f"  latest {latest[1]} (truth {self.truth(latest[0])[0]})"
+        return line
+
+    def tick(self, now: float) -> bool:
+        """Print the status line when ``period`` has passed since the last one (never when verbose)."""
+        if self.started is None:
+            self.started = self.last_status = now
+            return False
+        if self.verbose or now - self.last_status < self.period:
+            return False
+        self.last_status = max(self.last_status + self.period, now - self.period)  # on the second, no drift
+        self.out(self.status_line(now), flush=True)
+        return True
 
 
 def ensure_demo_bag(bag: str | None) -> Path:
@@ -152,14 +222,15 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print("[demo] starting the perception and reasoning nodes ...", flush=True)
     nodes = start_nodes(model_dir, env)
+    progress = Progress(truth, verbose=getattr(args, "verbose", False))
     try:
-        tally, answers, stats = play_and_listen(bag, args.seconds, truth)
+        answers, stats = play_and_listen(bag, args.seconds, truth, progress)
     finally:
         stop_nodes(nodes)
-    return summarize(tally, answers, stats, truth)
+    return summarize(progress.tally, answers, stats, truth)
 
 
-def play_and_listen(bag: Path, seconds: float, truth):
+def play_and_listen(bag: Path, seconds: float, truth, progress: Progress):
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -170,36 +241,19 @@ def play_and_listen(bag: Path, seconds: float, truth):
     from frozen_vlm_perception.nodes.player import play_bag
     from frozen_vlm_perception_interfaces.msg import ActivityLabel
 
-    tally = Tally()
     context = Context()
     rclpy.init(args=["fvp-demo"], context=context)
     node = rclpy.create_node("fvp_demo", context=context)
 
     def on_frame(msg: Image) -> None:
-        with tally.lock:
-            tally.frames_seen[stamp_to_ns(msg.header.stamp)] = time.monotonic()
+        progress.on_frame(stamp_to_ns(msg.header.stamp), time.monotonic())
 
     def on_label(msg: ActivityLabel) -> None:
-        stamp = stamp_to_ns(msg.header.stamp)
-        now = time.monotonic()
-        with tally.lock:
-            tally.labels.append((stamp, msg.label, float(msg.confidence), msg.source, now))
-        activity, _, _ = truth(stamp)
-        mark = "ok " if msg.label == activity else "   "
-        print(
-            f"  {mark}t={(stamp - first_stamp[0]) / 1e9 if first_stamp else 0:6.2f}s  "
-            f"label {msg.label:<19} {msg.confidence:.2f} ({msg.source:<6})  truth {activity}",
-            flush=True,
+        progress.on_label(
+            stamp_to_ns(msg.header.stamp), msg.label, float(msg.confidence), msg.source, time.monotonic()
         )
 
-    first_stamp: list[int] = []
-
-    def on_first(msg: Image) -> None:
-        if not first_stamp:
-            first_stamp.append(stamp_to_ns(msg.header.stamp))
-        on_frame(msg)
-
-    node.create_subscription(Image, "/camera/image_raw", on_first, QoSProfile(depth=10))
+    node.create_subscription(Image, "/camera/image_raw", on_frame, QoSProfile(depth=10))
     node.create_subscription(ActivityLabel, "/perception/activity", on_label, QoSProfile(depth=50))
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
@@ -207,6 +261,15 @@ def play_and_listen(bag: Path, seconds: float, truth):
     spinner.start()
 
     stop = threading.Event()
+    status_stop = threading.Event()
+
+    def status() -> None:  # its own thread: the status goes on while a question is being answered
+        progress.tick(time.monotonic())
+        while not status_stop.wait(0.1):
+            progress.tick(time.monotonic())
+
+    status_thread = threading.Thread(target=status, daemon=True)
+    status_thread.start()
     stats_box: list = []
     player = threading.Thread(
         target=lambda: stats_box.append(play_bag(bag, stop=stop, handle_signals=False, delay=2.0)),
@@ -232,10 +295,12 @@ def play_and_listen(bag: Path, seconds: float, truth):
         stop.set()
         player.join(timeout=10)
         time.sleep(1.0)  # labels of the last frames still in flight
+        status_stop.set()
+        status_thread.join(timeout=5)
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
-    return tally, answers, (stats_box[0] if stats_box else None)
+    return answers, (stats_box[0] if stats_box else None)
 
 
 def ask_one(family: str, held_out: bool, question: str, truth) -> dict:

@@ -127,14 +127,19 @@ def _latency_between(
 
 
 def _ask(client, question: str, max_new_tokens: int, timeout_s: float = 120.0):
+    """(response or None, round trip ms); retried when an answer is lost (nodes/service_call.py; a
+    query is read-only, so a second attempt is harmless)."""
+    from frozen_vlm_perception.nodes.service_call import ServiceTimeout, call_service
     from frozen_vlm_perception_interfaces.srv import QueryScene
 
-    done = threading.Event()
     start = time.perf_counter()
-    future = client.call_async(QueryScene.Request(question=question, max_new_tokens=max_new_tokens))
-    future.add_done_callback(lambda _: done.set())
-    done.wait(timeout_s)
-    return (future.result() if future.done() else None), (time.perf_counter() - start) * 1000.0
+    try:
+        response = call_service(
+            client, QueryScene.Request(question=question, max_new_tokens=max_new_tokens), timeout=timeout_s
+        )
+    except ServiceTimeout:
+        response = None
+    return response, (time.perf_counter() - start) * 1000.0
 
 
 def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dict[str, Any]:
@@ -149,6 +154,7 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
     from rclpy.executors import SingleThreadedExecutor
 
     from frozen_vlm_perception.nodes.runner import READY_LINE
+    from frozen_vlm_perception.nodes.service_call import wait_until_ready
     from frozen_vlm_perception.pipeline import PerceptionPipeline
     from frozen_vlm_perception_interfaces.srv import QueryScene
 
@@ -206,7 +212,7 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         result["labels"] = _latency_between(stream.stamps(), listener.labelled, t0, t1, windows=5)
         answers: list[tuple[Any, float]] = []
         if settings.questions:
-            if not query.wait_for_service(timeout_sec=30.0):
+            if not wait_until_ready(query.service_is_ready, time.monotonic() + 30.0):
                 raise RuntimeError("the reasoning node's /reasoning/query service did not appear")
             log(f"[bench] {settings.questions} question(s) through /reasoning/query while the sensors stream")
             answers = [_ask(query, QUESTION, settings.max_new_tokens) for _ in range(settings.questions)]

@@ -265,19 +265,26 @@ def probe(
 
 
 def _call(client, request, timeout: float):
-    """Call a service from a thread other than the executor's; (response or None, seconds)."""
-    done = threading.Event()
+    """Call a service from a thread other than the executor's; (response or None, seconds).
+
+    Through service_call.py: waits for the service and resends a request whose answer was lost (the
+    probe only sends read-only requests: QueryScene, GetState).
+    """
+    from frozen_vlm_perception.nodes.service_call import ServiceTimeout, call_service
+
     start = time.perf_counter()
-    future = client.call_async(request)
-    future.add_done_callback(lambda _: done.set())
-    done.wait(timeout)
-    return (future.result() if future.done() else None), time.perf_counter() - start
+    try:
+        response = call_service(client, request, timeout=timeout)
+    except ServiceTimeout:
+        response = None
+    return response, time.perf_counter() - start
 
 
 def _probe_questions(node, reasoning_periods: list[tuple[float, int]]) -> dict[str, Any]:
     from lifecycle_msgs.srv import GetState
     from rclpy.action import ActionClient
 
+    from frozen_vlm_perception.nodes.service_call import ServiceTimeout, retry_future, wait_until_ready
     from frozen_vlm_perception_interfaces.action import AskScene
     from frozen_vlm_perception_interfaces.srv import QueryScene
 
@@ -285,7 +292,9 @@ def _probe_questions(node, reasoning_periods: list[tuple[float, int]]) -> dict[s
     get_state = node.create_client(GetState, "/reasoning/get_state")
     ask = ActionClient(node, AskScene, "/reasoning/ask")
     out: dict[str, Any] = {}
-    if not (query.wait_for_service(timeout_sec=10) and ask.wait_for_server(timeout_sec=10)):
+    deadline = time.monotonic() + 10.0
+    if not all(wait_until_ready(ready, deadline) for ready in (query.service_is_ready, ask.server_is_ready,
+                                                               get_state.service_is_ready)):
         return {"error": "reasoning node not reachable"}
 
     one = []
@@ -313,11 +322,13 @@ def _probe_questions(node, reasoning_periods: list[tuple[float, int]]) -> dict[s
     # While a long answer is generated: does the node's executor still serve other work?
     goal_done = threading.Event()
     started = time.monotonic()
-    send = ask.send_goal_async(AskScene.Goal(question="Describe the scene in detail.", max_new_tokens=64))
-    def on_sent(future) -> None:
-        future.result().get_result_async().add_done_callback(lambda _: goal_done.set())
-
-    send.add_done_callback(on_sent)
+    goal = AskScene.Goal(question="Describe the scene in detail.", max_new_tokens=64)
+    try:  # the goal's acceptance comes back at once; resent if it was lost (service_call.py)
+        sent = retry_future(lambda: ask.send_goal_async(goal), deadline=time.monotonic() + 30.0,
+                            attempt_timeout=5.0, what="/reasoning/ask")
+        sent.result().get_result_async().add_done_callback(lambda _: goal_done.set())
+    except ServiceTimeout:
+        goal_done.set()
     state_ms = []
     time.sleep(0.3)
     while not goal_done.is_set() and time.monotonic() - started < 60:

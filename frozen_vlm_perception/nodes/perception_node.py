@@ -4,8 +4,11 @@ Node name ``perception``; with the default names its interfaces are::
 
     subscribes  /camera/image_raw     sensor_msgs/Image      (parameter camera.topic, remappable)
                 /imu/data             sensor_msgs/Imu        (parameter imu.topic, remappable)
+                /reasoning/answered   AnsweredQuestion       (parameter overlay.answers_topic): overlay text
     publishes   /perception/activity  ActivityLabel          stamp + frame_id = the camera frame's
                 /perception/latents   SceneLatents           what the reasoning node feeds the LM
+                /perception/overlay   sensor_msgs/Image      rgb8: the frame, labelled, with the latest
+                                                             answer; only drawn while subscribed
                 /diagnostics          diagnostic_msgs/DiagnosticArray, every diagnostics_period_s
 
 How a frame flows (the executor arrangement measured in DESIGN.md section 4): the image callback
@@ -67,6 +70,7 @@ from frozen_vlm_perception.conversions import (
     ConversionError,
     image_to_rgb,
     imu_to_sample,
+    rgb_to_image,
     stamp_to_seconds,
     to_time_msg,
 )
@@ -94,8 +98,11 @@ from frozen_vlm_perception.nodes.common import (
     spin_lifecycle_main,
     torch_threads_spec,
 )
+from frozen_vlm_perception.overlay import DEFAULT_SCALE as OVERLAY_DEFAULT_SCALE
+from frozen_vlm_perception.overlay import SCALE_RANGE as OVERLAY_SCALE_RANGE
+from frozen_vlm_perception.overlay import OverlayText, render_overlay
 from frozen_vlm_perception.sync import ImuBuffer, WindowUnavailable
-from frozen_vlm_perception_interfaces.msg import ActivityLabel, SceneLatents
+from frozen_vlm_perception_interfaces.msg import ActivityLabel, AnsweredQuestion, SceneLatents
 
 NODE_NAME = "perception"
 
@@ -149,6 +156,13 @@ PARAMS: list[ParamSpec] = [
               "After this many consecutive CUDA out-of-memory errors, reload the model on the CPU and go on "
               "there (slower, but labels continue); 0: never, keep trying on CUDA. Every out-of-memory frame "
               "is counted as drop:inference_error:oom.", (0, 1_000_000)),
+    # The overlay image (/perception/overlay) costs nothing unless something subscribes to it.
+    ParamSpec("overlay.scale", OVERLAY_DEFAULT_SCALE,
+              "Size of /perception/overlay relative to the camera frame (1.0: a 640x480 frame gives a "
+              "640x480 overlay; 0.5 quarters its bytes). Read at configure.", OVERLAY_SCALE_RANGE),
+    ParamSpec("overlay.answers_topic", "reasoning/answered",
+              "AnsweredQuestion input: the latest answered question is drawn on the overlay (relative: "
+              "inside the namespace)."),
 ]
 PARAM_NAMES = frozenset(s.name for s in PARAMS)
 
@@ -212,6 +226,9 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         self._sub_camera = self._sub_imu = None  # FollowingSubscription (reliability may follow publishers)
         self._qos_timer = None
         self._diag_timer = None
+        self._pub_overlay = self._sub_answers = None
+        self._latest_answer: AnsweredQuestion | None = None  # drawn on the overlay; one attribute swap
+        self.counters.add("overlays_published", 0)  # in /diagnostics from the start: a zero reads as zero
         self._last_counts: dict[str, int] = {}
         self._stage_ms: dict[str, float] = {}  # summed per stage since the last diagnostics
         self._latency_ms: list[float] = []  # mailbox -> published, since the last diagnostics
@@ -226,7 +243,7 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             values = parameter_values(self, PARAMS)
-            check_topic_names(values, ("camera.topic", "imu.topic"))
+            check_topic_names(values, ("camera.topic", "imu.topic", "overlay.answers_topic"))
             self._sync = from_dict(SyncConfig, section(values, "sync"), where="sync")
             self._sync.validate()
             self._model_path = resolve_model_dir(values["model_dir"])
@@ -249,6 +266,12 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
 
         self._pub_activity = self.create_lifecycle_publisher(ActivityLabel, "~/activity", 10)
         self._pub_latents = self.create_lifecycle_publisher(SceneLatents, "~/latents", 10)
+        # The overlay: drawn only while this publisher has a subscriber (_publish_overlay). Depth 1: a
+        # viewer wants the newest picture, never a queue of 1 MB images.
+        self._pub_overlay = self.create_lifecycle_publisher(Image, "~/overlay", 1)
+        self._latest_answer = None
+        self._sub_answers = self.create_subscription(
+            AnsweredQuestion, values["overlay.answers_topic"], self._on_answered, 10)
         # Diagnostics are an ordinary publisher: an inactive node still says that it is inactive.
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # Reliability 'auto' follows the publishers on the topic (nodes/common.py FollowingSubscription).
@@ -346,9 +369,12 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         for sub in (self._sub_camera, self._sub_imu):
             if sub is not None:
                 sub.destroy()
-        for pub in (self._pub_activity, self._pub_latents):
+        if self._sub_answers is not None:
+            self.destroy_subscription(self._sub_answers)
+        for pub in (self._pub_activity, self._pub_latents, self._pub_overlay):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
+        self._sub_answers = self._pub_overlay = None
         if self._pub_diagnostics is not None:
             self.destroy_publisher(self._pub_diagnostics)
         if self._diag_timer is not None:
@@ -499,6 +525,8 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         self.counters.add("frames_labelled")
         self.counters.add(f"source:{scene.source}")
         self._oom_streak = 0
+        if not stop.is_set():  # after the label is out: the overlay never delays it
+            self._publish_overlay(msg, frame, scene)
 
     def _imu_window(self, t_end: float, stop: threading.Event):
         """(window, None) or (None, reason). Waits at most max_wait_s for samples up to ``t_end``."""
@@ -537,6 +565,35 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
             latents.imu_window_start = to_time_msg(window.start)
             latents.imu_window_end = header.stamp  # exactly the frame's stamp, no float round trip
         self._pub_latents.publish(latents)
+
+    def _on_answered(self, msg: AnsweredQuestion) -> None:
+        self._latest_answer = msg
+
+    def _publish_overlay(self, msg, frame, scene) -> None:
+        """Draw and publish /perception/overlay for this frame, only while something subscribes to it.
+
+        With no subscriber this is one get_subscription_count() call per frame: nothing is converted,
+        scaled or drawn. A drawing failure is counted (``overlay_error``), never raised."""
+        pub = self._pub_overlay
+        if pub is None or pub.get_subscription_count() == 0:
+            return
+        try:
+            if frame is None:  # fusion.mode imu: the pixels were not needed for the label
+                frame = image_to_rgb(msg)
+            answer = self._latest_answer
+            text = OverlayText(scene.label, float(scene.confidence), scene.source)
+            if answer is not None:
+                text = OverlayText(scene.label, float(scene.confidence), scene.source, answer.question,
+                                   answer.answer, answer.grounding, answer.flagged)
+            image = render_overlay(frame, text, self._values["overlay.scale"])
+            out = rgb_to_image(image, stamp=msg.header.stamp, frame_id=msg.header.frame_id)
+        except Exception as err:  # e.g. an odd frame: the label is out already, the overlay is skipped
+            self.counters.add("overlay_error")
+            self.get_logger().warning(f"overlay not drawn: {type(err).__name__}: {err}",
+                                      throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        pub.publish(out)
+        self.counters.add("overlays_published")
 
     def _follow_publishers_qos(self) -> None:
         """Timer: 'auto' subscriptions take the reliability the publishers now offer (logged on change)."""

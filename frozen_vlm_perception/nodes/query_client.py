@@ -51,30 +51,37 @@ class _Session:
         self.context = Context()
         rclpy.init(args=["fvp-query", "--ros-args", *ros_args], context=self.context)  # never sys.argv
         self.node = rclpy.create_node(f"fvp_query_{os.getpid()}_{next(_sessions)}", context=self.context)
+        self._executor = None
 
     def __enter__(self) -> _Session:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._executor is not None:
+            self._executor.remove_node(self.node)
+            self._executor.shutdown(timeout_sec=0.1)
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.context)
 
-    def spin_until(self, future, deadline: float, what: str, timeout: float) -> Any:
+    def executor(self):
+        """A single-threaded executor for this session's node, spun by the caller (service_call)."""
         from rclpy.executors import SingleThreadedExecutor
 
-        executor = SingleThreadedExecutor(context=self.context)
-        executor.add_node(self.node)
-        try:
-            while not future.done():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise QueryError(f"no answer from {what} within the timeout ({timeout:g} s): the node "
-                                     "may have stopped or crashed, or it is overloaded")
-                executor.spin_once(timeout_sec=min(remaining, 0.1))
-        finally:
-            executor.remove_node(self.node)
-            executor.shutdown(timeout_sec=0.1)
-        return future.result()
+        if self._executor is None:
+            self._executor = SingleThreadedExecutor(context=self.context)
+            self._executor.add_node(self.node)
+        return self._executor
+
+
+def _no_answer(what: str, timeout: float) -> QueryError:
+    return QueryError(f"no answer from {what} within the timeout ({timeout:g} s): the node may have stopped "
+                      "or crashed, or it is overloaded")
+
+
+def _not_busy(response) -> bool:
+    """A retry refused as "busy" while the first attempt still waits in the node's queue ends nothing:
+    the first attempt's answer is still to come (a refusal is returned when nothing else is)."""
+    return response.success or not response.message.startswith("busy")
 
 
 def query(
@@ -85,17 +92,27 @@ def query(
     max_new_tokens: int = 0,
     service: str = DEFAULT_SERVICE,
     ros_args: Sequence[str] = (),
+    attempt_timeout: float | None = None,
 ):
-    """Call QueryScene; returns its response. ``stamp``: None/0 = latest scene, else seconds or a Time."""
+    """Call QueryScene; returns its response. ``stamp``: None/0 = latest scene, else seconds or a Time.
+
+    Waits for the service, then asks; a request not answered within ``attempt_timeout`` (default a
+    third of ``timeout``) is sent again (``service_call.py``: an answer can be lost right after
+    discovery). Safe: a query only reads the scene, so the node answering it twice changes nothing.
+    """
+    from frozen_vlm_perception.nodes.service_call import ServiceTimeout, ServiceUnavailable, call_service
     from frozen_vlm_perception_interfaces.srv import QueryScene
 
-    deadline = time.monotonic() + timeout
     with _Session(ros_args) as session:
         client = session.node.create_client(QueryScene, service)
-        if not client.wait_for_service(timeout_sec=max(deadline - time.monotonic(), 0.0)):
-            raise QueryError(f"service {service} is not available ({NOT_THERE})")
         request = QueryScene.Request(question=question, stamp=_time_msg(stamp), max_new_tokens=max_new_tokens)
-        return session.spin_until(client.call_async(request), deadline, service, timeout)
+        try:
+            return call_service(client, request, timeout=timeout, attempt_timeout=attempt_timeout,
+                                executor=session.executor(), accept=_not_busy)
+        except ServiceUnavailable as err:
+            raise QueryError(f"service {service} is not available ({NOT_THERE})") from err
+        except ServiceTimeout as err:
+            raise _no_answer(service, timeout) from err
 
 
 def ask(
@@ -107,32 +124,58 @@ def ask(
     on_partial: Callable[[str], None] | None = None,
     action: str = DEFAULT_ACTION,
     ros_args: Sequence[str] = (),
+    attempt_timeout: float | None = None,
 ):
     """Send an AskScene goal; returns its result (``on_partial`` gets the answer so far as it grows).
 
-    A goal that runs past ``timeout`` is canceled before QueryError is raised.
+    The goal and the result request are retried like ``query`` (``service_call.py``); a goal whose
+    acceptance was lost runs on the node unobserved (read-only, harmless) and its feedback is not
+    passed on: only the feedback of the goal this call follows reaches ``on_partial``. A goal that runs
+    past ``timeout`` is canceled before QueryError is raised.
     """
     from rclpy.action import ActionClient
 
+    from frozen_vlm_perception.nodes.service_call import (
+        ServiceTimeout,
+        default_attempt_timeout,
+        retry_future,
+        wait_until_ready,
+    )
     from frozen_vlm_perception_interfaces.action import AskScene
 
     deadline = time.monotonic() + timeout
+    attempt_timeout = attempt_timeout or default_attempt_timeout(timeout)
     with _Session(ros_args) as session:
         client = ActionClient(session.node, AskScene, action)
+        executor = session.executor()
         try:
-            if not client.wait_for_server(timeout_sec=max(deadline - time.monotonic(), 0.0)):
+            if not wait_until_ready(client.server_is_ready, deadline):
                 raise QueryError(f"action {action} is not available ({NOT_THERE})")
             goal = AskScene.Goal(question=question, stamp=_time_msg(stamp), max_new_tokens=max_new_tokens)
-            feedback = None if on_partial is None else (lambda msg: on_partial(msg.feedback.partial_answer))
-            sent = client.send_goal_async(goal, feedback_callback=feedback)
-            handle = session.spin_until(sent, deadline, action, timeout)
+            followed: list[bytes] = []  # the goal id whose feedback is passed on, once accepted
+
+            def feedback(msg) -> None:
+                if on_partial is not None and followed and bytes(msg.goal_id.uuid) == followed[0]:
+                    on_partial(msg.feedback.partial_answer)
+
+            try:
+                sent = retry_future(lambda: client.send_goal_async(goal, feedback_callback=feedback),
+                                    deadline=deadline, attempt_timeout=attempt_timeout, executor=executor,
+                                    what=action)
+            except ServiceTimeout as err:
+                raise _no_answer(action, timeout) from err
+            handle = sent.result()
             if not handle.accepted:
                 raise QueryError(f"{action} rejected the goal")
+            followed.append(bytes(handle.goal_id.uuid))
             try:
-                return session.spin_until(handle.get_result_async(), deadline, action, timeout).result
-            except QueryError:
+                # Fetching a goal's result again is idempotent: the server keeps it for a while.
+                done = retry_future(handle.get_result_async, deadline=deadline,
+                                    attempt_timeout=attempt_timeout, executor=executor, what=action)
+            except ServiceTimeout as err:
                 handle.cancel_goal_async()
-                raise
+                raise _no_answer(action, timeout) from err
+            return done.result().result
         finally:
             client.destroy()
 

@@ -7,7 +7,9 @@ Node name ``reasoning``; with the default names its interfaces are::
     serves      /reasoning/query     QueryScene     question -> answer, in one response
                 /reasoning/ask       AskScene       the same as an action, partial answers as feedback,
                                                     cancelable
-    publishes   /reasoning/answers   std_msgs/String every answer given
+    publishes   /reasoning/answers   std_msgs/String every answer given (the text only)
+                /reasoning/answered  AnsweredQuestion every answer with its question, scene stamp,
+                                                    activity and grounding (drawn on /perception/overlay)
                 /diagnostics         diagnostic_msgs/DiagnosticArray
 
 The scene subscription only stores the latents in a bounded history (``history_size``), so a long
@@ -74,7 +76,7 @@ from frozen_vlm_perception.nodes.common import (
 )
 from frozen_vlm_perception.pipeline import Scene
 from frozen_vlm_perception_interfaces.action import AskScene
-from frozen_vlm_perception_interfaces.msg import ActivityLabel, SceneLatents
+from frozen_vlm_perception_interfaces.msg import ActivityLabel, AnsweredQuestion, SceneLatents
 from frozen_vlm_perception_interfaces.srv import QueryScene
 
 NODE_NAME = "reasoning"
@@ -179,7 +181,7 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         self._latencies: collections.deque[float] = collections.deque(maxlen=ANSWERS_HISTORY)
         self._last_counts: dict[str, int] = {}
         self._subs: list = []
-        self._pub_answers = self._pub_diagnostics = None
+        self._pub_answers = self._pub_answered = self._pub_diagnostics = None
         self._service = self._action = self._diag_timer = None
 
     # ----------------------------------------------------------------------------------------------
@@ -203,6 +205,7 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         self._jobs = queue.Queue(maxsize=values["queue_size"])
 
         self._pub_answers = self.create_lifecycle_publisher(String, "~/answers", 10)
+        self._pub_answered = self.create_lifecycle_publisher(AnsweredQuestion, "~/answered", 10)
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._subs = [
             self.create_subscription(SceneLatents, values["latents_topic"], self._on_latents,
@@ -286,6 +289,9 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
             self._action.destroy()
         if self._pub_answers is not None:
             self.destroy_lifecycle_publisher(self._pub_answers)
+        if self._pub_answered is not None:
+            self.destroy_lifecycle_publisher(self._pub_answered)
+            self._pub_answered = None
         if self._pub_diagnostics is not None:
             self.destroy_publisher(self._pub_diagnostics)
         if self._diag_timer is not None:
@@ -406,6 +412,7 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
                 response.grounding, response.flagged = grounding.status, grounding.flagged
                 response.grounding_note = grounding.note
                 self.counters.add(f"grounding:{grounding.status}")
+                self._publish_answered(job, outcome.answer, activity, grounding)
                 if grounding.flagged:
                     self.counters.add("answers_flagged")
                     self.get_logger().warning(f"answer flagged: {grounding.note}: {outcome.answer!r}",
@@ -417,6 +424,17 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         else:
             self.get_logger().info(f"question not answered: {outcome.message}", throttle_duration_sec=2.0)
         return response
+
+    def _publish_answered(self, job: Job, answer: str, activity: SceneActivity, grounding: Grounding) -> None:
+        """/reasoning/answered: the question with its answer, scene and grounding (for the overlay)."""
+        pub = self._pub_answered
+        if pub is None or not self._active:
+            return
+        pub.publish(AnsweredQuestion(
+            scene_stamp=job.record.stamp, question=job.question, answer=answer, activity=activity.label,
+            confidence=activity.confidence, grounding=grounding.status, flagged=grounding.flagged,
+            grounding_note=grounding.note,
+        ))
 
     def _new_future(self) -> Future:
         future = Future(executor=self.executor)

@@ -133,15 +133,21 @@ class Collector:
                 self._cond.wait(remaining)
 
 
-def call(client, request, timeout: float):
-    """A service call from the test thread while the executor spins elsewhere; the response."""
-    done = threading.Event()
-    future = client.call_async(request)
-    future.add_done_callback(lambda _: done.set())
-    if not done.wait(timeout):
-        future.cancel()
-        raise AssertionError(f"no response from {client.srv_name} within {timeout} s")
-    return future.result()
+def call(client, request, timeout: float, *, attempt_timeout: float | None = None):
+    """A service call from the test thread while the executor spins elsewhere; the response.
+
+    Through frozen_vlm_perception/nodes/service_call.py: waits for the service (within ``timeout``) and
+    resends a request not answered within ``attempt_timeout`` (default a third of ``timeout``), as an
+    answer sent right after discovery can be lost. The tests call read-only services (QueryScene,
+    GetState), idempotent ones (SetParameters) and lifecycle transitions, which the node handles in
+    order: the first attempt is answered first, so a retry only wins when that answer was lost.
+    """
+    from frozen_vlm_perception.nodes.service_call import ServiceTimeout, call_service
+
+    try:
+        return call_service(client, request, timeout=timeout, attempt_timeout=attempt_timeout)
+    except ServiceTimeout as err:
+        raise AssertionError(f"no response from {client.srv_name} within {timeout} s ({err})") from None
 
 
 def wait_future(future, timeout: float):

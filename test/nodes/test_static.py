@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from frozen_vlm_perception import overlay
 from frozen_vlm_perception.config import FusionConfig, LanguageConfig, SyncConfig
 from frozen_vlm_perception.nodes import perception_node, reasoning_node
 
@@ -133,6 +134,7 @@ def test_parameter_defaults_are_the_documented_values():
     # Fusion is the model folder's unless set: the defaults say so rather than repeat FusionConfig's.
     assert specs["fusion.mode"] == perception_node.FROM_MODEL == "model"
     assert specs["fusion.alpha"] == perception_node.ALPHA_FROM_MODEL == -1.0
+    assert specs["overlay.scale"] == overlay.DEFAULT_SCALE  # one home: frozen_vlm_perception/overlay.py
     reasoning = {s.name: s.default for s in reasoning_node.PARAMS}
     assert reasoning["max_new_tokens"] == LanguageConfig().max_new_tokens == 32
     shipped = yaml.safe_load((ROOT / "config" / "perception.yaml").read_text())

@@ -41,7 +41,9 @@ Lifecycle: configure loads the model and creates the publishers and subscription
 the worker (reloading the model if a deactivate released it); deactivate stops the worker and frees
 the model; cleanup and shutdown release everything. Parameters are read at configure, except
 ``fusion.mode`` and ``fusion.alpha``, which apply to the next frame when changed. Both default to
-the model folder's own values (``model`` / ``-1``): alpha is chosen on the model's validation split.
+the model folder's own values (``model`` / ``-1``): alpha is chosen on the model's validation split,
+and a model trained with a gate weighs each frame itself (an explicit alpha overrides the gate).
+/diagnostics reports the share of vision the fused frames got (``period_vision_weight_*``).
 """
 
 from __future__ import annotations
@@ -137,7 +139,8 @@ PARAMS: list[ParamSpec] = [
               "camera only; imu: IMU only (camera frames then only give the timing).",
               choices=(FROM_MODEL, *FUSION_MODES)),
     ParamSpec("fusion.alpha", ALPHA_FROM_MODEL, "Weight of vision in the fusion (the IMU gets 1 - alpha); "
-              f"{ALPHA_FROM_MODEL:g}: the model folder's alpha.", (ALPHA_FROM_MODEL, 1.0)),
+              f"{ALPHA_FROM_MODEL:g}: the model folder's (its alpha chosen on validation data, or its "
+              "per-frame gate).", (ALPHA_FROM_MODEL, 1.0)),
     ParamSpec("camera.topic", "/camera/image_raw", "sensor_msgs/Image input."),
     ParamSpec("camera.qos_depth", 2, "Keep-last depth of the camera subscription.", (1, 1000)),
     ParamSpec("camera.qos_reliability", RELIABILITY_AUTO,
@@ -232,6 +235,7 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         self._last_counts: dict[str, int] = {}
         self._stage_ms: dict[str, float] = {}  # summed per stage since the last diagnostics
         self._latency_ms: list[float] = []  # mailbox -> published, since the last diagnostics
+        self._vision_weights: list[float] = []  # share of vision per fused frame, since the last diagnostics
         self._stats_lock = threading.Lock()
         self._oom_streak = 0  # consecutive out-of-memory errors of the worker
         self._fallback_note = ""  # set when the model was moved to the CPU after CUDA out-of-memory
@@ -513,7 +517,10 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
                     return
                 self.counters.add(f"vision_fallback:{reason}")
         scene = pipeline.encode_one(
-            frame, None if window is None else window.data, mode=fusion.mode, alpha=fusion.alpha
+            frame,
+            None if window is None else window.data,
+            mode=fusion.mode,
+            alpha=fusion.alpha if fusion.weighting == "fixed" else None,  # None: the model's gate
         )
         if stop.is_set():
             return  # deactivating: the lifecycle publishers are about to be disabled
@@ -522,6 +529,8 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
             for name, ms in scene.timings_ms.items():
                 self._stage_ms[name] = self._stage_ms.get(name, 0.0) + ms
             self._latency_ms.append((time.perf_counter() - received) * 1000.0)
+            if scene.source == "fused":
+                self._vision_weights.append(scene.vision_weight)
         self.counters.add("frames_labelled")
         self.counters.add(f"source:{scene.source}")
         self._oom_streak = 0
@@ -634,6 +643,7 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         with self._stats_lock:
             stage_ms, self._stage_ms = self._stage_ms, {}
             latency, self._latency_ms = self._latency_ms, []
+            vision_weights, self._vision_weights = self._vision_weights, []
         new, self._last_counts = delta(counts, self._last_counts), counts
         received, labelled = new.get("frames_received", 0), new.get("frames_labelled", 0)
         pipeline = self.pipeline
@@ -643,6 +653,7 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
             ("device", str(pipeline.device) if pipeline is not None else ""),
             ("fusion_mode", self._fusion.mode),
             ("fusion_alpha", self._fusion.alpha),
+            ("fusion_weighting", self._fusion.weighting),  # gate: the model weighs each frame itself
             # What the subscriptions use now ('auto' follows the publishers on the topic).
             ("camera_qos_reliability", self._sub_camera.reliability if self._sub_camera else ""),
             ("imu_qos_reliability", self._sub_imu.reliability if self._sub_imu else ""),
@@ -654,6 +665,10 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         if latency:
             values += [("period_latency_ms_p50", float(np.percentile(latency, 50))),
                        ("period_latency_ms_max", float(np.max(latency)))]
+        if vision_weights:  # which sensor the robot trusted (fused frames; 1 = vision only)
+            values += [("period_vision_weight_mean", float(np.mean(vision_weights))),
+                       ("period_vision_weight_min", float(np.min(vision_weights))),
+                       ("period_vision_weight_max", float(np.max(vision_weights)))]
         values += [(f"period_stage_ms_mean:{k}", v / max(labelled, 1)) for k, v in sorted(stage_ms.items())]
         values += sorted(counts.items())  # totals: frames, drops by reason, sources, fallbacks
 
@@ -681,10 +696,13 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
 
 def effective_fusion(request: dict[str, Any], model: FusionConfig) -> FusionConfig:
     """The fusion the node runs: the requested mode/alpha, or the model folder's where the request
-    says FROM_MODEL / ALPHA_FROM_MODEL. Raises ConfigError when the result is not valid."""
+    says FROM_MODEL / ALPHA_FROM_MODEL (then a gated model weighs each frame with its gate; an explicit
+    alpha overrides the gate). Raises ConfigError when the result is not valid."""
+    from_model = request["alpha"] == ALPHA_FROM_MODEL
     fusion = FusionConfig(
         mode=model.mode if request["mode"] == FROM_MODEL else request["mode"],
-        alpha=model.alpha if request["alpha"] == ALPHA_FROM_MODEL else float(request["alpha"]),
+        alpha=model.alpha if from_model else float(request["alpha"]),
+        weighting=model.weighting if from_model else "fixed",
     )
     fusion.validate()
     return fusion

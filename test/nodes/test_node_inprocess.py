@@ -184,3 +184,16 @@ def test_reasoning_scene_history_validation_and_lookup(context):
         assert missing is None and "no scene within" in why
     finally:
         node.destroy_node()
+
+
+def test_effective_fusion_keeps_the_models_gate_unless_alpha_is_explicit():
+    from frozen_vlm_perception.config import FusionConfig
+    from frozen_vlm_perception.nodes.perception_node import ALPHA_FROM_MODEL, FROM_MODEL, effective_fusion
+
+    gated = FusionConfig(alpha=0.2, weighting="gate")
+    own = effective_fusion({"mode": FROM_MODEL, "alpha": ALPHA_FROM_MODEL}, gated)
+    assert (own.mode, own.alpha, own.weighting) == ("fused", 0.2, "gate")
+    explicit = effective_fusion({"mode": "fused", "alpha": 0.7}, gated)
+    assert (explicit.alpha, explicit.weighting) == (0.7, "fixed")
+    fixed = effective_fusion({"mode": "imu", "alpha": ALPHA_FROM_MODEL}, FusionConfig(alpha=0.4))
+    assert (fixed.mode, fixed.alpha, fixed.weighting) == ("imu", 0.4, "fixed")

@@ -30,6 +30,7 @@ import torch
 from frozen_vlm_perception.config import ModelConfig
 from frozen_vlm_perception.paths import default_model_dir
 from frozen_vlm_perception.pipeline import PerceptionPipeline
+from frozen_vlm_perception.tables import format_table
 
 STAGES = ("preprocess", "vision", "imu", "fusion_resampler", "head")
 BENCH_QUESTION = "What is the person doing?"
@@ -185,20 +186,6 @@ def load_pipeline(model: str | None, device: str, with_language: bool) -> tuple[
     if with_language:
         return PerceptionPipeline.from_config(config, device=device), "fresh trainable parts"
     return PerceptionPipeline.from_config(config, device=device, lm_dim=576), "fresh trainable parts"
-
-
-def format_table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = lambda values: "| " + " | ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(headers), sep, *(line(r) for r in cells)])
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.2f}" if value < 100 else f"{value:.0f}"
-    return str(value)
 
 
 def main_bench(args: argparse.Namespace) -> int:

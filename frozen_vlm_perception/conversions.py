@@ -1,6 +1,6 @@
 """sensor_msgs Image/Imu <-> numpy, validated (the cv_bridge role).
 
-cv_bridge for ROS 2 cannot be installed here (see DESIGN.md section 4), and a perception node must
+cv_bridge for ROS 2 cannot be installed here (docs/ARCHITECTURE.md section 6), and a perception node must
 never crash on a malformed message anyway, so conversion lives in the package. Every input a
 publisher can get wrong raises :class:`ConversionError` whose ``reason`` is a short stable code
 (used as a drop-counter key) and whose message says what was wrong.

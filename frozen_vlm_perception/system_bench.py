@@ -325,7 +325,7 @@ def _ratios(result: dict[str, Any]) -> None:
 
 def format_system(result: dict[str, Any]) -> str:
     """The tables ``fvp bench`` prints for the system part."""
-    from frozen_vlm_perception.bench import format_table
+    from frozen_vlm_perception.tables import format_table
 
     nan = float("nan")
     s = result["settings"]

@@ -29,11 +29,12 @@ from frozen_vlm_perception.data.bags import read_paired_samples
 from frozen_vlm_perception.evaluation import qa as qa_eval
 from frozen_vlm_perception.evaluation.metrics import accuracy, confusion_matrix, macro_f1, retrieval_recall
 from frozen_vlm_perception.evaluation.report import write_report
+from frozen_vlm_perception.evaluation.scene_outputs import run_scene_model
 from frozen_vlm_perception.nn.fusion import ALPHA_GRID
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.training.cli_args import add_bag_arguments, data_config_from_args
 from frozen_vlm_perception.training.config import DataConfig
-from frozen_vlm_perception.training.dataset import EmbeddingSet, load_embeddings
+from frozen_vlm_perception.training.dataset import load_embeddings
 
 MODES = ("vision", "imu", "fused")
 ALPHA_SWEEP = ALPHA_GRID
@@ -223,44 +224,6 @@ def evaluate(
         )
     write_report(out_dir, report, tsne=tsne)
     return report
-
-
-@torch.inference_mode()
-def run_scene_model(
-    pipeline: PerceptionPipeline,
-    samples: EmbeddingSet,
-    mode: str,
-    *,
-    alpha: float | None = None,
-    batch_size: int = 128,
-) -> dict[str, torch.Tensor]:
-    """Logits (M, C), latents (M, L, H), pooled (M, D) and the vision weight (M,) of the trainable
-    part in one mode."""
-    model, device = pipeline.scene_model, pipeline.device
-    logits, pooled, latents, weights = [], [], [], []
-    for start in range(0, len(samples), batch_size):
-        chunk = slice(start, start + batch_size)
-        n = len(samples.vision_pooled[chunk])
-        use_vision = torch.full((n,), mode != "imu", device=device)
-        use_imu = torch.full((n,), mode != "vision", device=device)
-        out = model(
-            vision_tokens=samples.vision_tokens[chunk].to(device, torch.float32),
-            vision_pooled=samples.vision_pooled[chunk].to(device),
-            imu_windows=samples.imu[chunk].to(device),
-            has_vision=use_vision,
-            has_imu=use_imu,
-            alpha=alpha,
-        )
-        logits.append(out.logits.float().cpu())
-        pooled.append(out.pooled.float().cpu())
-        latents.append(out.latents.float().cpu())
-        weights.append(out.vision_weight.float().cpu())
-    return {
-        "logits": torch.cat(logits),
-        "pooled": torch.cat(pooled),
-        "latents": torch.cat(latents),
-        "vision_weight": torch.cat(weights),
-    }
 
 
 def measure_latency(pipeline: PerceptionPipeline, data: DataConfig, frames: int) -> dict[str, float]:

@@ -362,7 +362,7 @@ def evaluate_qa(
     """
     from tqdm.auto import tqdm
 
-    from frozen_vlm_perception.evaluation.evaluate import run_scene_model
+    from frozen_vlm_perception.evaluation.scene_outputs import run_scene_model
 
     labels = list(pipeline.config.labels)
     language, device = pipeline.language, pipeline.device

@@ -11,7 +11,7 @@ Node name ``perception``; with the default names its interfaces are::
                                                              answer; only drawn while subscribed
                 /diagnostics          diagnostic_msgs/DiagnosticArray, every diagnostics_period_s
 
-How a frame flows (the executor arrangement measured in DESIGN.md section 4): the image callback
+How a frame flows (the executor arrangement: docs/ARCHITECTURE.md sections 2 and 5): the image callback
 only drops the message into a one-slot mailbox (a frame still waiting there is replaced and counted
 ``superseded``), the IMU callback converts one sample into the ImuBuffer. A worker thread of the
 node's own takes the newest frame, waits at most ``sync.max_wait_s`` for IMU samples up to the frame's

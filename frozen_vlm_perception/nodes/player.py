@@ -2,7 +2,7 @@
 
     python -m frozen_vlm_perception.nodes.player BAG [--rate 1.0] [--clock] [--loop] [--topics ...]
 
-What ``ros2 bag play`` does, for machines without rosbag2_py (DESIGN.md section 4). Messages are
+What ``ros2 bag play`` does, for machines without rosbag2_py (docs/ARCHITECTURE.md section 6). Messages are
 read with ``rosbags`` (:mod:`frozen_vlm_perception.data.bags`) and published as the CDR bytes stored
 in the bag (rclpy publishes serialized messages as they are: nothing is deserialized or re-encoded,
 so a 640x480 frame costs one copy). Header stamps are the recorded ones. With ``publish_clock``,

@@ -3,8 +3,8 @@
     python -m frozen_vlm_perception.nodes.runner [--params-file config/perception.yaml]
         [--nodes perception,reasoning] [--namespace /robot1] [--ros-args -r /camera/image_raw:=/cam ...]
 
-Each node gets its own single-threaded executor spinning in its own thread (DESIGN.md section 4:
-a shared multi-threaded executor made label latency ten times worse here), and is brought to
+Each node gets its own single-threaded executor spinning in its own thread (docs/ARCHITECTURE.md
+section 5: a shared multi-threaded executor made label latency ten times worse here), and is brought to
 ``active`` through the real lifecycle transitions (configure, activate) when its ``autostart``
 parameter is true. Ctrl-C or SIGTERM runs shutdown through the lifecycle too (workers stopped,
 models freed) before the ROS context goes down. ``--executor multi`` (one MultiThreadedExecutor(2)

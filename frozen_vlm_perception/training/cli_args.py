@@ -1,6 +1,6 @@
 """argparse helpers for the training commands (and any other command that reads bags, e.g. eval).
 
-    add_train_arguments(parser)     # adds the `align` and `adapter` subcommands, each with .func
+    add_align_arguments(parser)     # the flags of `fvp train align` (and adapter, fusion)
     add_bag_arguments(parser)       # --bag --val-bag --camera-topic --imu-topic --label-topic|--labels ...
     data_config_from_args(args)     # -> DataConfig
 
@@ -216,51 +216,6 @@ def add_fusion_arguments(parser: argparse.ArgumentParser) -> None:
     add_bag_arguments(parser, with_val=False)
     parser.add_argument("--model", required=True, help="the finished model folder (its alpha is updated)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """``train align``, ``train adapter`` and ``train fusion`` subcommands; each sets
-    ``args.func(args) -> int``."""
-    sub = parser.add_subparsers(dest="train_command", required=True, metavar="{align,adapter,fusion}")
-    align = sub.add_parser(
-        "align",
-        help="stage 1: align the IMU encoder to the frozen vision encoder",
-        description="Stage 1: InfoNCE + supervised alignment of the IMU encoder.",
-    )
-    add_align_arguments(align)
-    align.set_defaults(func=_run_align)
-    adapter = sub.add_parser(
-        "adapter",
-        help="stage 2: train fusion + adapter + head through the frozen LM",
-        description="Stage 2: the frozen LM's next-token loss + activity CE.",
-    )
-    add_adapter_arguments(adapter)
-    adapter.set_defaults(func=_run_adapter)
-    fusion = sub.add_parser(
-        "fusion",
-        help="choose a finished model's fusion weight alpha on validation data (no retraining)",
-        description="Sweep the fusion weight alpha on a (validation) bag and store the best in the folder.",
-    )
-    add_fusion_arguments(fusion)
-    fusion.set_defaults(func=_run_fusion)
-
-
-def _run_align(args: argparse.Namespace) -> int:
-    from frozen_vlm_perception.training.align import main_align
-
-    return main_align(args)
-
-
-def _run_adapter(args: argparse.Namespace) -> int:
-    from frozen_vlm_perception.training.adapter import main_adapter
-
-    return main_adapter(args)
-
-
-def _run_fusion(args: argparse.Namespace) -> int:
-    from frozen_vlm_perception.training.fusion import main_fusion
-
-    return main_fusion(args)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -246,9 +246,9 @@ def small_bag(tmp_path_factory):
 def test_evaluate_qa_on_a_small_bag(small_bag, model_dir, tmp_path):
     """The untrained model's answers (nonsense, but real): every key, and the counts add up."""
     from frozen_vlm_perception.data.demo_bag import read_demo_manifest
-    from frozen_vlm_perception.evaluation.evaluate import run_scene_model
     from frozen_vlm_perception.evaluation.qa import RULES, evaluate_qa
     from frozen_vlm_perception.evaluation.report import qa_markdown
+    from frozen_vlm_perception.evaluation.scene_outputs import run_scene_model
     from frozen_vlm_perception.pipeline import PerceptionPipeline
     from frozen_vlm_perception.training.config import DataConfig
     from frozen_vlm_perception.training.dataset import load_embeddings

@@ -106,7 +106,7 @@ def test_parameter_files_parse_with_rcl(path):
     rclpy.try_shutdown(context=context)
 
 
-# The pairing policy's defaults as DESIGN.md and config/perception.yaml state them, written out here
+# The pairing policy's defaults as config/perception.yaml states them, written out here
 # rather than read from SyncConfig, so that a changed default in either place fails.
 SYNC_DEFAULTS = {"buffer_s": 10.0, "max_wait_s": 0.05, "max_gap_s": 0.25, "min_coverage": 0.9,
                  "imu_silence_s": 0.5}

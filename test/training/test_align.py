@@ -14,11 +14,7 @@ from frozen_vlm_perception.config import ImuConfig
 from frozen_vlm_perception.nn.imu import ImuEncoder
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.training.align import Aligner
-from frozen_vlm_perception.training.cli_args import (
-    adapter_configs_from_args,
-    add_train_arguments,
-    align_configs_from_args,
-)
+from frozen_vlm_perception.training.cli_args import adapter_configs_from_args, align_configs_from_args
 from frozen_vlm_perception.training.config import DataConfig
 from frozen_vlm_perception.training.dataset import load_embeddings
 from frozen_vlm_perception.training.losses import retrieval_recall, supervised_ce
@@ -117,9 +113,10 @@ def test_contrastive_only_run_records_weight_zero(tiny_bags, tiny_lm_folder, emb
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="fvp train")
-    add_train_arguments(parser)
-    return parser.parse_args(argv)
+    """``fvp train ARGV``, parsed by the real command line."""
+    from frozen_vlm_perception.cli import build_parser
+
+    return build_parser().parse_args(["train", *argv])
 
 
 def test_command_line_flags_map_onto_the_configs(tmp_path):
@@ -173,7 +170,8 @@ def test_command_line_flags_map_onto_the_configs(tmp_path):
         2,
     )
     assert train.supervised_weight == 0.0 and train.progress is False
-    assert args.func.__name__ == "_run_align"
+    assert args.handler.__name__ == "_train_align"
+    assert parse(["fusion", "--bag", "v", "--model", "m"]).handler.__name__ == "_train_fusion"
 
     # Defaults: the demo recording's topics; the label topic when no CSV is given.
     data, model, train = align_configs_from_args(parse(["align", "--bag", "b", "--out", "m"]))

@@ -108,8 +108,12 @@ def test_stage2_trains_through_the_frozen_lm_and_keeps_frozen_parts(
     for mode in ("fused", "vision", "imu"):
         scene = pipeline.encode_one(frame, window, mode=mode)
         assert scene.label in pipeline.config.labels
-    answer = pipeline.answer(pipeline.encode_one(frame, window), STANDARD_QUESTION, max_new_tokens=4)
-    assert isinstance(answer.text, str)
+    scene = pipeline.encode_one(frame, window)
+    answer = pipeline.answer(scene, STANDARD_QUESTION, max_new_tokens=4)
+    direct = tiny_lm.generate(torch.from_numpy(scene.latents), STANDARD_QUESTION, max_new_tokens=4)
+    assert answer.num_tokens > 0 and (answer.text, answer.num_tokens) == (direct.text, direct.num_tokens)
+    saved = load_file(out / "model.safetensors")
+    assert all(torch.equal(v, saved[k]) for k, v in pipeline.scene_model.state_dict().items() if k in saved)
 
 
 def test_modality_dropout_respects_missing_imu():
@@ -216,3 +220,96 @@ def test_choosing_the_adapter_kind_needs_a_fresh_adapter():
     with pytest.raises(ConfigError, match="resampler or linear"):
         AdapterTrainConfig(adapter="mlp", reinit=True).validate()
     AdapterTrainConfig(adapter="linear", reinit=True).validate()
+
+
+# --------------------------------------------------------------------------------------------------
+# Which weights are kept, and when training stops: validation scripted, everything else real.
+
+
+def _fresh_stage1(folder, lm_folder):
+    """A stage-1 folder without training (fresh weights): stage 2 only needs its config and weights."""
+    from conftest import tiny_model_config
+
+    from frozen_vlm_perception.checkpoint import save_checkpoint
+    from frozen_vlm_perception.nn.model import SceneModel
+
+    torch.manual_seed(0)
+    model = SceneModel(config=tiny_model_config(lm_folder), vision_dim=1280, vision_tokens=4, lm_dim=64)
+    save_checkpoint(folder, config=model.config, dims=model.dims, state_dict=model.state_dict())
+    return folder
+
+
+def _run_scripted(monkeypatch, tmp_path, tiny_bags, tiny_lm, tiny_lm_folder, embedding_cache, losses, **kw):
+    """Stage 2 with validation k reporting val_loss = losses[k]; returns (result, {step: trainable state
+    at that validation})."""
+    from frozen_vlm_perception.training import adapter as adapter_module
+
+    real = adapter_module.evaluate_adapter
+    states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def scripted(scene_model, *args, **kwargs):
+        metrics = real(scene_model, *args, **kwargs)
+        step = len(states) and max(states) + kw.get("val_every", 1)
+        states[step] = {
+            k: v.detach().clone() for k, v in adapter_module._trainable_state(scene_model).items()
+        }
+        metrics["val_loss"] = losses[len(states) - 1]
+        return metrics
+
+    monkeypatch.setattr(adapter_module, "evaluate_adapter", scripted)
+    settings = AdapterTrainConfig(
+        batch_size=16, lm_batch_size=2, lr=5e-3, warmup_steps=1, val_lm_samples=2, caption_steps=0,
+        p_general=0.0, device="cpu", progress=False, monitor="val_loss", **kw,
+    )  # fmt: skip
+    result = train_adapter(
+        data=tiny_data_config(*tiny_bags, embedding_cache),
+        model_dir=_fresh_stage1(tmp_path / "stage1", tiny_lm_folder),
+        train=settings,
+        out_dir=tmp_path / "stage2",
+        language=tiny_lm,
+    )
+    return result, states
+
+
+def test_stage2_saves_the_best_validation_step_not_the_last(
+    monkeypatch, tmp_path, tiny_bags, tiny_lm, tiny_lm_folder, embedding_cache
+):
+    losses = [5.0, 4.0, 2.0, 3.0, 3.5, 4.0]  # validations at steps 0..5: the best is step 2
+    result, states = _run_scripted(
+        monkeypatch, tmp_path, tiny_bags, tiny_lm, tiny_lm_folder, embedding_cache, losses,
+        max_steps=5, val_every=1, patience=100,
+    )  # fmt: skip
+    assert [e["step"] for e in result.history.evals] == [0, 1, 2, 3, 4, 5]
+    assert result.best["step"] == 2 and result.best["val_loss"] == 2.0
+    saved = load_file(tmp_path / "stage2" / "model.safetensors")
+    best, last = states[2], states[5]
+    trained = [k for k in best if k.startswith(("adapter.", "head.", "fusion."))]
+    assert trained and any(not torch.equal(best[k], last[k]) for k in trained)  # training moved them
+    for key in best:
+        assert torch.equal(saved[key], best[key]), key
+    # The finished folder loads, its scenes come from the best weights and its answers from its LM.
+    pipeline = PerceptionPipeline.from_model_dir(tmp_path / "stage2", device="cpu")
+    for key, value in pipeline.scene_model.state_dict().items():
+        if key in best:
+            assert torch.equal(value, best[key]), key
+    frame = torch.zeros(48, 64, 3, dtype=torch.uint8).numpy()
+    scene = pipeline.encode_one(frame, torch.zeros(64, 6).numpy())
+    answer = pipeline.answer(scene, STANDARD_QUESTION, max_new_tokens=4)
+    direct = tiny_lm.generate(torch.from_numpy(scene.latents), STANDARD_QUESTION, max_new_tokens=4)
+    assert answer.num_tokens > 0 and (answer.text, answer.num_tokens) == (direct.text, direct.num_tokens)
+
+
+def test_stage2_stops_after_patience_validations_without_improvement(
+    monkeypatch, tmp_path, tiny_bags, tiny_lm, tiny_lm_folder, embedding_cache
+):
+    # Steps 0..: better, better, worse, better (resets the count), worse, worse -> stop at step 5.
+    losses = [5.0, 4.0, 4.5, 3.9, 4.2, 4.1, 1.0, 1.0, 1.0, 1.0]
+    result, states = _run_scripted(
+        monkeypatch, tmp_path, tiny_bags, tiny_lm, tiny_lm_folder, embedding_cache, losses,
+        max_steps=9, val_every=1, patience=2,
+    )  # fmt: skip
+    assert [e["step"] for e in result.history.evals] == [0, 1, 2, 3, 4, 5]
+    assert len(result.history.steps) == 5  # no training step after the stopping validation
+    assert result.best["step"] == 3 and result.best["val_loss"] == 3.9
+    saved = load_file(tmp_path / "stage2" / "model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in states[3].items())

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from frozen_vlm_perception.config import ModelConfig
-from frozen_vlm_perception.paths import default_model_dir
+from frozen_vlm_perception.paths import MODEL_CONFIG_FILE, default_model_dir
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.tables import format_table
 
@@ -176,7 +176,7 @@ def time_vision_paths(pipeline: PerceptionPipeline, repeats: int) -> dict[str, f
 
 def load_pipeline(model: str | None, device: str, with_language: bool) -> tuple[PerceptionPipeline, str]:
     folder = Path(model) if model else default_model_dir()
-    if folder is not None and (folder / "config.json").is_file():
+    if folder is not None and (folder / MODEL_CONFIG_FILE).is_file():
         return PerceptionPipeline.from_model_dir(folder, device=device, load_language=with_language), str(
             folder
         )
@@ -289,7 +289,7 @@ def run_system(args: argparse.Namespace, pipeline: PerceptionPipeline, source: s
     threads = args.node_threads if args.node_threads is not None else shipped_torch_threads()
     with tempfile.TemporaryDirectory(prefix="fvp-bench-") as tmp:
         model_dir = source
-        if not (Path(source) / "config.json").is_file():  # fresh trainable parts: save them for the nodes
+        if not (Path(source) / MODEL_CONFIG_FILE).is_file():  # fresh trainable parts: save them for the nodes
             model_dir = str(Path(tmp) / "model")
             pipeline.save(model_dir)
         settings = SystemSettings(

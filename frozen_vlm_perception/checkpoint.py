@@ -23,8 +23,9 @@ from frozen_vlm_perception.config import (
     from_dict,
     to_dict,
 )
+from frozen_vlm_perception.paths import MODEL_CONFIG_FILE
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = MODEL_CONFIG_FILE
 WEIGHTS_FILE = "model.safetensors"
 
 

@@ -30,6 +30,7 @@ VISION_BACKENDS = ("mobilenet_v2", "open_clip", "hf_clip")
 ADAPTER_KINDS = ("resampler", "linear")
 FUSION_MODES = ("fused", "vision", "imu")
 FUSION_WEIGHTINGS = ("fixed", "gate")
+STANDARD_GRAVITY = 9.80665  # m/s^2 per g
 
 
 class ConfigError(ValueError):

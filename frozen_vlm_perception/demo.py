@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frozen_vlm_perception.paths import cache_dir, default_model_dir
+from frozen_vlm_perception.paths import MODEL_CONFIG_FILE, cache_dir, default_model_dir
 from frozen_vlm_perception.questions import FAMILIES, FAMILY_NAMES, wordings
 
 READY_TIMEOUT_S = 180.0  # first run builds the LM cache (about 25 s) on top of loading both models
@@ -205,7 +205,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from frozen_vlm_perception.data.demo_bag import read_demo_manifest
 
     model_dir = Path(args.model) if args.model else default_model_dir()
-    if model_dir is None or not (model_dir / "config.json").is_file():
+    if model_dir is None or not (model_dir / MODEL_CONFIG_FILE).is_file():
         raise SystemExit("no model folder: pass --model or restore the shipped models/demo")
     bag = ensure_demo_bag(args.bag)
     manifest = read_demo_manifest(bag)

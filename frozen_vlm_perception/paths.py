@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 PACKAGE_NAME = "frozen_vlm_perception"
+MODEL_CONFIG_FILE = "config.json"  # what makes a folder a model folder (with model.safetensors)
 
 
 def cache_dir(*parts: str) -> Path:
@@ -40,6 +41,6 @@ def share_dir() -> Path | None:
 def default_model_dir() -> Path | None:
     """The shipped, trained model (models/demo), from the checkout or the share folder."""
     for base in (source_root(), share_dir()):
-        if base is not None and (base / "models" / "demo" / "config.json").is_file():
+        if base is not None and (base / "models" / "demo" / MODEL_CONFIG_FILE).is_file():
             return base / "models" / "demo"
     return None

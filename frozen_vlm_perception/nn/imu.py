@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from frozen_vlm_perception.config import ImuConfig
+from frozen_vlm_perception.config import STANDARD_GRAVITY, ImuConfig
 
 
 class ImuEncoder(nn.Module):
@@ -61,5 +61,5 @@ def normalise_window(windows: Tensor) -> Tensor:
     (lying vs standing) and must survive. Accel in g and gyro in rad/s both lie in about [-3, 3].
     """
     scale = torch.ones(windows.shape[-1], dtype=windows.dtype, device=windows.device)
-    scale[:3] = 9.81
+    scale[:3] = STANDARD_GRAVITY
     return windows / scale

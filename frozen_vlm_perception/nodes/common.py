@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from frozen_vlm_perception.paths import MODEL_CONFIG_FILE
+
 PACKAGE = "frozen_vlm_perception"
 # The shipped trained model, relative to the package data folder (repo root or share/<package>).
 DEFAULT_MODEL_DIR = "models/demo"
@@ -373,7 +375,6 @@ def package_data_dirs() -> list[Path]:
     return [d for d in dict.fromkeys((source_root(), share_dir())) if d is not None]
 
 
-MODEL_CONFIG_FILE = "config.json"  # what makes a folder a model folder (checkpoint.CONFIG_FILE)
 
 
 def resolve_model_dir(value: str) -> Path:

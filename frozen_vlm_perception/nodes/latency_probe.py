@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from frozen_vlm_perception.config import STANDARD_GRAVITY
 from frozen_vlm_perception.nodes.runner import READY_LINE
 
 QUESTION = "What is the person doing?"
@@ -130,7 +131,7 @@ class SensorStream:
                 msg.header.stamp = stamp
                 phase = 2 * np.pi * 1.8 * now  # a walking-like 1.8 Hz bounce
                 msg.linear_acceleration.x = 0.3 * np.sin(phase)
-                msg.linear_acceleration.z = 9.81 + 2.0 * np.sin(phase)
+                msg.linear_acceleration.z = STANDARD_GRAVITY + 2.0 * np.sin(phase)
                 msg.angular_velocity.y = 0.2 * np.cos(phase)
                 if self.imu_enabled:
                     self.imu.publish(msg)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from frozen_vlm_perception.checkpoint import save_checkpoint
-from frozen_vlm_perception.config import ModelConfig, SyncConfig
+from frozen_vlm_perception.config import STANDARD_GRAVITY, ModelConfig, SyncConfig
 from frozen_vlm_perception.nn.imu import ImuEncoder
 from frozen_vlm_perception.nn.model import SceneModel
 from frozen_vlm_perception.training import distributed
@@ -248,7 +248,7 @@ def augment_imu(windows: Tensor, train: AlignTrainConfig) -> Tensor:
     batch, _, channels = windows.shape
     scale = 1.0 + train.imu_scale_jitter * (2 * torch.rand(batch, 1, channels, device=windows.device) - 1)
     unit = torch.ones(channels, device=windows.device)
-    unit[:3] = 9.81
+    unit[:3] = STANDARD_GRAVITY
     return windows * scale + train.imu_noise * unit * torch.randn_like(windows)
 
 

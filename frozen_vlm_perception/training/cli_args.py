@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from frozen_vlm_perception.config import ADAPTER_KINDS, FUSION_WEIGHTINGS, ConfigError, ModelConfig, from_dict
+from frozen_vlm_perception.paths import MODEL_CONFIG_FILE
 from frozen_vlm_perception.training.config import (
     ADAPTER_MONITORS,
     ALIGN_MONITORS,
@@ -264,7 +265,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
     """A ModelConfig from YAML or JSON: the mapping itself, or a model folder's config.json ("model")."""
     path = Path(path)
     if path.is_dir():
-        path = path / "config.json"
+        path = path / MODEL_CONFIG_FILE
     try:
         text = path.read_text()
     except OSError as err:

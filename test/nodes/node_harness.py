@@ -150,6 +150,20 @@ def call(client, request, timeout: float, *, attempt_timeout: float | None = Non
         raise AssertionError(f"no response from {client.srv_name} within {timeout} s ({err})") from None
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str = "condition", poll: float = 0.05):
+    """Poll ``predicate`` until it returns something true (returned) or ``timeout`` seconds pass (an
+    AssertionError naming ``what``): the bounded wait that replaces a fixed sleep before an assert."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"{what}: not met within {timeout} s")
+        time.sleep(min(poll, remaining))
+
+
 def wait_future(future, timeout: float):
     done = threading.Event()
     future.add_done_callback(lambda _: done.set())

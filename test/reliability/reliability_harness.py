@@ -182,6 +182,20 @@ def fresh_diagnostics(ros, node: str, timeout: float = 10.0) -> dict[str, str]:
     return statuses(ros, node, since)[0]
 
 
+def wait_for_status(ros, node: str, predicate, timeout: float = 15.0) -> dict[str, str]:
+    """The first status of ``node`` published after now for which ``predicate(status)`` holds: a
+    bounded wait for the node's own counts to reach a state (instead of a fixed sleep)."""
+    since = time.time()
+    found: list[dict] = []
+
+    def seen(_) -> bool:
+        found[:] = [d for d in statuses(ros, node, since) if predicate(d)][:1]
+        return bool(found)
+
+    ros.diagnostics.wait_for(seen, timeout=timeout, since=since)
+    return found[0]
+
+
 def count(values: dict[str, str], key: str) -> int:
     return int(values.get(key, 0))
 

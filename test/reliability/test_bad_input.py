@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 import pytest
-from node_harness import call
-from reliability_harness import count, fresh_diagnostics, grew
+from node_harness import call, stamp_ns, wait_until
+from reliability_harness import count, fresh_diagnostics, grew, wait_for_status
 
 from frozen_vlm_perception.conversions import rgb_to_image, to_time_msg
 from frozen_vlm_perception.nodes.latency_probe import SensorStream
@@ -55,10 +55,8 @@ def test_bad_images_and_imu_are_counted_by_reason_and_good_input_still_labelled(
     node = ros.node
     cameras = node.create_publisher(Image, "/camera/image_raw", QoSProfile(depth=50))
     imus = node.create_publisher(Imu, "/imu/data", QoSProfile(depth=100))
-    deadline = time.monotonic() + 20
-    while cameras.get_subscription_count() < 1 or imus.get_subscription_count() < 1:
-        assert time.monotonic() < deadline, "the perception node does not subscribe"
-        time.sleep(0.1)
+    wait_until(lambda: cameras.get_subscription_count() >= 1 and imus.get_subscription_count() >= 1, 20,
+               "the perception node subscribes")
 
     def imu(t: float, *, accel_cov: float = 0.0, gyro_cov: float = 0.0, x: float = 0.0) -> Imu:
         msg = Imu()
@@ -69,18 +67,22 @@ def test_bad_images_and_imu_are_counted_by_reason_and_good_input_still_labelled(
         return msg
 
     t = time.time()
-    imus.publish(imu(t))  # a good sample first: the bad ones below are judged against it
-    time.sleep(0.3)
+    imus.publish(imu(t))  # a good sample first: the bad ones after it (same topic: in order) are judged by it
     before = fresh_diagnostics(ros, "perception")
 
     # Paced: each reason must be counted exactly, 3 rounds of every bad kind.
     rounds, expected_images, expected_imu = 3, {}, {}
     for _ in range(rounds):
+        since = time.time()
         for reason, msg in bad_images(t):
             cameras.publish(msg)
             if reason is not None:
                 expected_images[f"drop:camera:{reason}"] = expected_images.get(f"drop:camera:{reason}", 0) + 1
             time.sleep(PACE_S)
+        # The round's last frame (big-endian rgb8) is labelled: the worker is idle before the next round.
+        good = stamp_ns(to_time_msg(t))
+        ros.labels.wait_for(lambda msgs, good=good: any(stamp_ns(m.header.stamp) == good for m in msgs),
+                            timeout=20, since=since)
         t += 0.5
         bad_imu = [
             ("duplicate_stamp", imu(t - 0.5)),  # the stamp of the last good sample again
@@ -96,10 +98,13 @@ def test_bad_images_and_imu_are_counted_by_reason_and_good_input_still_labelled(
             time.sleep(0.02)
         imus.publish(imu(t))  # good again: the next round's duplicate repeats this stamp
         time.sleep(0.05)
-    time.sleep(0.5)
-    paced = fresh_diagnostics(ros, "perception")
+    expected = {**expected_images, **expected_imu}
+    received_all = count(before, "frames_received") + rounds * len(bad_images(t))
+    # Until the node's own counts cover everything sent (bounded), then exact.
+    paced = wait_for_status(ros, "perception", lambda d: count(d, "frames_received") >= received_all and all(
+        count(d, key) - count(before, key) >= n for key, n in expected.items()), timeout=20)
     drops = grew(before, paced, "drop:")
-    for key, n in {**expected_images, **expected_imu}.items():
+    for key, n in expected.items():
         assert drops.get(key, 0) == n, (key, n, drops)
     labelled = count(paced, "frames_labelled") - count(before, "frames_labelled")
     received = count(paced, "frames_received") - count(before, "frames_received")
@@ -112,8 +117,16 @@ def test_bad_images_and_imu_are_counted_by_reason_and_good_input_still_labelled(
     burst = [m for _ in range(10) for r, m in bad_images(t) if r is not None]
     for msg in burst:
         cameras.publish(msg)
-    time.sleep(1.0)
-    after = fresh_diagnostics(ros, "perception")
+
+    def settled(d: dict) -> bool:
+        """Every frame of the burst that arrived is labelled, dropped or superseded; nothing pending."""
+        received = count(d, "frames_received") - count(paced, "frames_received")
+        handled = sum(count(d, k) - count(paced, k) for k in d if k.startswith("drop:camera:")
+                      and not k.endswith("lost_in_transport"))
+        handled += sum(count(d, k) - count(paced, k) for k in ("drop:superseded", "frames_labelled"))
+        return received > 0 and received == handled and d.get("period_frames_received") == "0"
+
+    after = wait_for_status(ros, "perception", settled, timeout=20)
     lost = count(after, "drop:camera:lost_in_transport") - count(paced, "drop:camera:lost_in_transport")
     new_drops = {
         k: n for k, n in grew(paced, after, "drop:camera:").items() if not k.endswith("lost_in_transport")

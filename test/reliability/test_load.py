@@ -48,7 +48,9 @@ def test_eight_concurrent_clients_while_a_bag_plays_at_30_hz(split, ros, tmp_pat
             timeout=20,
         )
         t0 = time.time()
-        time.sleep(WINDOW_S)
+        # A window of the node's own statuses (period 0.5 s), however late they come on a busy machine.
+        ros.diagnostics.wait_for(lambda _: len(statuses(ros, "perception", t0)) >= 2 * WINDOW_S,
+                                 timeout=WINDOW_S + 30, since=t0)
         quiet_labels, quiet_frames = label_rate(ros, t0, time.time())
 
         outcomes: list[list[str]] = [[] for _ in range(CLIENTS)]
@@ -95,6 +97,6 @@ def test_eight_concurrent_clients_while_a_bag_plays_at_30_hz(split, ros, tmp_pat
     ]
     assert kinds["answered"] >= 1 and kinds["busy"] >= 1  # 8 at once against 1 answering + 2 waiting
     assert max(waiting) <= 2  # queue_size: the queue is bounded
-    assert max(durations) <= CLIENT_TIMEOUT_S + 2
+    assert max(durations) <= CLIENT_TIMEOUT_S + 10  # the client's timeout fires; generous on 2 shared cores
     assert quiet_frames > 20  # the bag really plays at about 30 Hz
     assert busy_labels >= 0.25 * quiet_labels, (quiet_labels, busy_labels)

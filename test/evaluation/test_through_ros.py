@@ -103,7 +103,9 @@ def test_fvp_eval_writes_the_report_and_scores_the_nodes(tmp_path, ros_env):
 
     ros = report["through_ros"]
     assert ros["frames_published"] == ros["frames_in_bag"] > 0
-    assert ros["labels_received"] > 0.3 * ros["frames_published"]
+    # Only the newest frame is processed: how many get a label depends on the machine's speed (not under
+    # test here); that labels came back and each is scored against its own frame is.
+    assert 0 < ros["labels_received"] <= ros["frames_published"]
     assert ros["n_scored"] > 0 and 0.0 <= ros["accuracy"] <= 1.0
     assert ros["labels_not_matching_a_frame"] == 0  # every label carries a played frame's stamp
     assert ros["latency_ms"]["n"] > 0

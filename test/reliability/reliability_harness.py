@@ -192,7 +192,11 @@ def wait_for_status(ros, node: str, predicate, timeout: float = 15.0) -> dict[st
         found[:] = [d for d in statuses(ros, node, since) if predicate(d)][:1]
         return bool(found)
 
-    ros.diagnostics.wait_for(seen, timeout=timeout, since=since)
+    try:
+        ros.diagnostics.wait_for(seen, timeout=timeout, since=since)
+    except AssertionError as err:
+        last = statuses(ros, node, since)[-1:]
+        raise AssertionError(f"no {node} status as wanted within {timeout} s; the last: {last}") from err
     return found[0]
 
 

@@ -388,6 +388,11 @@ def _train_step(
         if caption is not None:
             loss = loss + caption_weight * caption
             losses["caption"] = caption.detach().item()
+    if train.gate_weight > 0 and not caption_only:
+        gate = gate_loss(_unwrap(model), batch, device)
+        if gate is not None:
+            loss = loss + train.gate_weight * gate
+            losses["gate"] = gate.detach().item()
     if with_lm and not caption_only:
         lm = lm_loss(task, out.latents, batch, has_vision, train.lm_batch_size, rng)
         if lm is not None:
@@ -400,6 +405,41 @@ def _train_step(
     optimizer.step()
     losses["loss"] = loss.detach().item()
     return losses
+
+
+def gate_loss(scene_model: SceneModel, batch: dict[str, Tensor], device) -> Tensor | None:
+    """The gate's own loss (None without a gate or a labelled sample with both modalities).
+
+    Per sample, the target vision weight is p_v / (p_v + p_i), where p_v and p_i are the probabilities
+    the model gives the true label from vision alone and from the IMU alone (no gradient): a frame
+    that explains the activity better than the IMU window pulls the weight to vision, and the other
+    way round. Binary cross-entropy between the gate's weight and that target."""
+    gate = scene_model.fusion.gate
+    if gate is None:
+        return None
+    index = torch.nonzero(batch["has_imu"] & (batch["label"] >= 0)).flatten()
+    if len(index) == 0:
+        return None
+    vision_tokens = batch["vision_tokens"][index].to(device).float()
+    vision_pooled = batch["vision_pooled"][index].to(device)
+    imu = batch["imu"][index].to(device)
+    labels = batch["label"][index].to(device)
+    ones = torch.ones(len(index), dtype=torch.bool, device=device)
+    with torch.no_grad():
+        def log_p_true(has_vision: Tensor, has_imu: Tensor) -> Tensor:
+            out = scene_model(vision_tokens=vision_tokens, vision_pooled=vision_pooled, imu_windows=imu,
+                              has_vision=has_vision, has_imu=has_imu)
+            return out.logits.float().log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
+
+        target = torch.sigmoid(log_p_true(ones, ~ones) - log_p_true(~ones, ones))  # p_v / (p_v + p_i)
+        _, imu_pooled = scene_model.imu_encoder(imu)  # frozen in stage 2: only the gate learns here
+    weight = gate(vision_pooled, imu_pooled)
+    return torch.nn.functional.binary_cross_entropy(weight.float(), target)
+
+
+def _unwrap(model) -> SceneModel:
+    """The SceneModel inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
 
 
 def lm_loss(
@@ -581,7 +621,7 @@ def _recent(history: History, window: int) -> dict[str, float]:
     """Mean training losses over the last ``window`` steps (for the validation record)."""
     recent = history.steps[-window:]
     out = {}
-    for key in ("loss", "ce", "lm_loss"):
+    for key in ("loss", "ce", "lm_loss", "gate"):
         values = [s[key] for s in recent if key in s]
         if values:
             out[f"train_{key}"] = sum(values) / len(values)

@@ -199,6 +199,7 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
         "network weighs the modalities per sample (default: the folder's)",
     )
     _option(stage, defaults, "p_gate", float, "with a gate: share of batches fused by the gate")
+    _option(stage, defaults, "gate_weight", float, "with a gate: weight of its per-sample reliability loss")
     stage.add_argument(
         "--modality-probs",
         type=float,

@@ -128,6 +128,9 @@ class AdapterTrainConfig:
     # A gate that is new to the folder starts at the folder's alpha.
     fusion: str = ""
     p_gate: float = 0.5  # with a gate: share of batches fused by the gate (the rest by a jittered alpha)
+    # With a gate: weight of its own loss, which teaches it per sample which modality gives the true
+    # label more probability (training/adapter.py gate_loss); the head's loss alone barely moves it.
+    gate_weight: float = 1.0
     val_every: int = 200  # validate every n steps; 0: after every epoch
     val_lm_samples: int = 32  # validation samples that go through the LM
     patience: int = 4  # validations without improvement before stopping
@@ -147,6 +150,8 @@ class AdapterTrainConfig:
             raise ConfigError("choosing the adapter kind in stage 2 needs reinit (--reinit): a new adapter")
         if self.fusion not in ("", *FUSION_WEIGHTINGS):
             raise ConfigError(f"fusion must be one of {FUSION_WEIGHTINGS}, got {self.fusion!r}")
+        if self.gate_weight < 0:
+            raise ConfigError(f"gate_weight must be >= 0, got {self.gate_weight}")
         if not 0 <= self.p_gate <= 1:
             raise ConfigError(f"p_gate must lie in [0, 1], got {self.p_gate}")
         if self.caption_steps < 0 or not 0 <= self.p_general <= 1:

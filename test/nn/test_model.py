@@ -172,3 +172,31 @@ def test_frozen_vision_stays_bit_identical_after_an_optimizer_step(vision_encode
     assert all(torch.equal(before[k], after[k]) for k in before)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, trainable_before[k])]
     assert any(k.startswith("adapter.") for k in changed) and any(k.startswith("head.") for k in changed)
+
+
+def test_gate_loss_targets_the_modality_that_explains_the_label_and_trains_only_the_gate():
+    from frozen_vlm_perception.training.adapter import gate_loss
+
+    torch.manual_seed(0)
+    model = gated_model().eval()  # no dropout: the recount must see the same forward
+    inputs = scene_inputs(6)
+    labels = torch.tensor([0, 1, 2, 3, 4, -1])  # the unlabelled sample is left out
+    batch = {**inputs, "imu": inputs["imu_windows"], "label": labels,
+             "has_imu": torch.tensor([True, True, True, True, False, True])}  # sample 4: no IMU window
+    loss = gate_loss(model, batch, "cpu")
+    # Recount: p_true from vision alone and from the IMU alone, for the 4 usable samples.
+    use = torch.tensor([0, 1, 2, 3])
+    sub = {k: v[use] for k, v in inputs.items()}
+    with torch.no_grad():
+        off, on = torch.zeros(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool)
+        p_v = model(**sub, has_vision=on, has_imu=off).logits.softmax(-1)[torch.arange(4), labels[use]]
+        p_i = model(**sub, has_vision=off, has_imu=on).logits.softmax(-1)[torch.arange(4), labels[use]]
+        _, imu_pooled = model.imu_encoder(sub["imu_windows"])
+        weight = model.fusion.gate(sub["vision_pooled"], imu_pooled)
+    expected = torch.nn.functional.binary_cross_entropy(weight, p_v / (p_v + p_i))
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
+    loss.backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained and all(n.startswith("fusion.gate.") for n in trained), trained
+    assert gate_loss(SceneModel(config=small_config("resampler"), vision_dim=D, vision_tokens=N, lm_dim=H),
+                     batch, "cpu") is None  # no gate, no loss

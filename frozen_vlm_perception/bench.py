@@ -64,6 +64,41 @@ def time_stages(pipeline: PerceptionPipeline, batch: int, repeats: int) -> dict[
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def time_fusion_weighting(pipeline: PerceptionPipeline, repeats: int) -> dict[str, float]:
+    """Median ms of the fused forward of the trainable part (batch 1, cached-size inputs) with a fixed
+    alpha and with a learned gate of the configured width (a fresh gate when the model has none):
+    what ``fusion.weighting: gate`` adds to every frame."""
+    from frozen_vlm_perception.nn.fusion import ModalityGate
+
+    model = pipeline.scene_model
+    fusion = model.fusion
+    inputs = dict(
+        vision_tokens=torch.randn(1, model.vision_tokens, model.vision_dim, device=pipeline.device),
+        vision_pooled=torch.randn(1, model.vision_dim, device=pipeline.device),
+        imu_windows=torch.randn(1, pipeline.config.imu.window_samples, pipeline.config.imu.channels,
+                                device=pipeline.device),
+    )
+    saved = fusion.gate
+    gate = saved or ModalityGate(
+        dim=model.vision_dim, hidden=pipeline.config.fusion.gate_hidden, alpha=fusion.alpha
+    ).to(pipeline.device).eval()
+    times: dict[str, list[float]] = {"fixed": [], "gate": []}
+    try:
+        with torch.inference_mode():
+            for _ in range(3):
+                model(**inputs)
+            for _ in range(max(repeats, 20)):
+                for name in ("fixed", "gate"):
+                    fusion.gate = gate if name == "gate" else None
+                    started = time.perf_counter()
+                    model(**inputs)
+                    times[name].append((time.perf_counter() - started) * 1000.0)
+    finally:
+        fusion.gate = saved
+    fixed, gated = statistics.median(times["fixed"]), statistics.median(times["gate"])
+    return {"fixed_ms": fixed, "gate_ms": gated, "gate_added_ms": gated - fixed}
+
+
 def time_language(pipeline: PerceptionPipeline, repeats: int, max_new_tokens: int = 20) -> dict[str, float]:
     frames, windows = synthetic_inputs(1, pipeline.config)
     scene = pipeline.encode(frames, windows)[0]
@@ -221,8 +256,14 @@ def main_bench(args: argparse.Namespace) -> int:
             )
         )
 
+    weighting = time_fusion_weighting(pipeline, args.repeats)
+    print("\n## Fusion weighting: trainable part (IMU encoder, fusion, resampler, head), batch 1\n")
+    print(format_table(["fixed alpha ms", "learned gate ms", "gate adds ms"],
+                       [[weighting["fixed_ms"], weighting["gate_ms"], weighting["gate_added_ms"]]]))
+
     result: dict[str, Any] = {
         "device": str(pipeline.device),
+        "fusion_weighting_ms": weighting,
         "model": source,
         "stages_ms": {name: single[name] for name in STAGES},
         "encode_total_ms": single["total"],

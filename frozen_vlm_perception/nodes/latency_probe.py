@@ -1,6 +1,6 @@
 """Measure the nodes from another process: label latency, share of frames labelled, answer latency.
 
-    python -m frozen_vlm_perception.nodes.latency_probe [--executor single multi] [--duration 20]
+    python -m frozen_vlm_perception.nodes.latency_probe [--duration 20] [--param torch_threads:=0]
 
 Starts the runner (both nodes) as a child process, publishes a synthetic camera (640x480 rgb8 at
 30 Hz) and IMU (200 Hz) from this process, stamped with the wall clock at publishing, and measures:
@@ -14,9 +14,10 @@ Starts the runner (both nodes) as a child process, publishes a synthetic camera 
 
 :func:`probe` returns everything as a dict (what the bench calls); :func:`main` prints a table.
 
-Measured on the 2-core development machine (untrained model of the default config: MobileNetV2 +
-resampler, SmolLM2-135M; 30 s per arrangement; the machine was shared, so absolute numbers vary by
-run, the ordering did not in four paired runs):
+It chose the nodes' executor arrangement; the rejected one (a MultiThreadedExecutor per node with
+blocking callbacks) has left the code. Measured then on the 2-core development machine (untrained
+model of the default config: MobileNetV2 + resampler, SmolLM2-135M; 30 s per arrangement; the
+machine was shared, so absolute numbers vary by run, the ordering did not in four paired runs):
 
     arrangement                         labelled  p50 ms  p99 ms  2 questions at once  scenes/s at reasoning
     SingleThreadedExecutor per node     67%       68      175     2.5 / 5.6 s           9-13 while answering
@@ -146,7 +147,6 @@ class SensorStream:
 
 def probe(
     *,
-    executor: str = "single",
     duration_s: float = 20.0,
     warmup_s: float = 4.0,
     camera_hz: float = 30.0,
@@ -158,7 +158,7 @@ def probe(
     params: Sequence[str] = (),
     ready_timeout_s: float = 180.0,
 ) -> dict[str, Any]:
-    """Run the runner in a child process with ``executor`` and measure it (see the module doc).
+    """Run the runner in a child process and measure it (see the module doc).
 
     The runner reads the shipped config/perception.yaml; ``params`` are extra ``name:=value``
     overrides for both nodes (e.g. ``torch_threads:=0``).
@@ -170,12 +170,12 @@ def probe(
 
     from frozen_vlm_perception_interfaces.msg import ActivityLabel
 
-    result: dict[str, Any] = {"executor": executor, "params": list(params), "camera_hz": camera_hz,
+    result: dict[str, Any] = {"params": list(params), "camera_hz": camera_hz,
                               "imu_hz": imu_hz, "image": f"{width}x{height} rgb8", "duration_s": duration_s}
     with tempfile.TemporaryDirectory(prefix="fvp-probe-") as tmp:
         model = ensure_model(model_dir, tmp)
         child = subprocess.Popen(
-            [sys.executable, "-m", "frozen_vlm_perception.nodes.runner", "--executor", executor,
+            [sys.executable, "-m", "frozen_vlm_perception.nodes.runner",
              "--ros-args", "-p", f"model_dir:={model}", *[a for p in params for a in ("-p", p)],
              "--log-level", "warn"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
@@ -350,7 +350,7 @@ def _probe_questions(node, reasoning_periods: list[tuple[float, int]]) -> dict[s
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     nan = float("nan")
-    header = ("executor", "labelled", "label p50 ms", "label p99 ms", "label max ms",
+    header = ("parameters", "labelled", "label p50 ms", "label p99 ms", "label max ms",
               "while answering: labelled, p50/p99 ms", "query alone ms", "2 at once ms",
               "get_state while answering p50/max ms", "scenes/s at reasoning while answering")
     rows = [header]
@@ -362,7 +362,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         wa = r.get("while_answering", {})
         wl = wa.get("label_latency_ms", {})
         rows.append((
-            " ".join([r["executor"], *r.get("params", [])]),
+            " ".join(r.get("params", [])) or "defaults",
             f"{r.get('share_labelled', 0):.0%} ({r.get('frames_labelled')}/{r.get('frames_published')})",
             f"{lat.get('p50', nan):.1f}", f"{lat.get('p99', nan):.1f}", f"{lat.get('max', nan):.1f}",
             f"{wa.get('share_labelled', 0):.0%}, {wl.get('p50', nan):.0f}/{wl.get('p99', nan):.0f}",
@@ -381,7 +381,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m frozen_vlm_perception.nodes.latency_probe",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--executor", nargs="+", default=["single", "multi"], choices=["single", "multi"])
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--no-questions", action="store_true")
@@ -389,11 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="parameter override for both nodes, e.g. torch_threads:=0 (repeatable)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    results = []
-    for executor in args.executor:
-        results.append(probe(executor=executor, duration_s=args.duration, model_dir=args.model_dir,
-                             questions=not args.no_questions, params=args.param))
-        print(f"{executor}: {results[-1]}", flush=True)
+    results = [probe(duration_s=args.duration, model_dir=args.model_dir, questions=not args.no_questions,
+                     params=args.param)]
+    print(f"result: {results[-1]}", flush=True)
     print(format_table(results))
     if args.json:
         import json

@@ -20,8 +20,8 @@ Executor arrangement (measured, see latency_probe and the package notes): with t
 single-threaded executor the service and action callbacks are coroutines that *await* the worker's
 result, so the executor keeps serving scenes, lifecycle requests and further questions while an
 answer is generated; two questions in flight are two suspended coroutines, not two blocked threads.
-``blocking_waits=True`` is the rejected alternative kept for measuring: plain callbacks that block
-on the result, in their own MutuallyExclusiveCallbackGroups, which needs a MultiThreadedExecutor.
+The rejected alternative (plain callbacks that block on the result, in their own callback groups,
+on a MultiThreadedExecutor) is gone from the code; its numbers are in docs/BENCHMARKS.md.
 
 Which scene: a zero stamp asks about the latest scene; otherwise the scene whose camera stamp is
 nearest, refused when none lies within ``stamp_tolerance_s``.
@@ -41,14 +41,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.task import Future
 from std_msgs.msg import String
@@ -149,21 +149,18 @@ class Job:
     on_text: Callable[[str], None] | None = None
     cancel_requested: Callable[[], bool] | None = None
     outcome: Outcome | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    future: Future | None = None  # completed too when set: wakes an awaiting coroutine
+    future: Future | None = None  # completed when set: wakes the awaiting coroutine
 
     def finish(self, outcome: Outcome) -> None:
         self.outcome = outcome
-        self.done.set()
         if self.future is not None:
             self.future.set_result(outcome)
 
 
 class ReasoningNode(TeardownReleases, LifecycleNode):
-    def __init__(self, node_name: str = NODE_NAME, *, blocking_waits: bool = False, **kwargs: Any):
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
         super().__init__(node_name, **kwargs)
         declare_parameters(self, PARAMS)
-        self.blocking_waits = blocking_waits
         self.pipeline = None
         self.counters = Counters()
         self.counters.add("answers_flagged", 0)  # in /diagnostics from the start, so a zero reads as zero
@@ -213,15 +210,10 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
             self.create_subscription(ActivityLabel, values["activity_topic"], self._on_activity,
                                      values["qos_depth"]),
         ]
-        if self.blocking_waits:  # each in its own group: a blocked service must not block the action
-            service_group, action_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        else:  # reentrant: several suspended coroutines may be in flight at once
-            service_group = action_group = ReentrantCallbackGroup()
-        query = self._on_query_blocking if self.blocking_waits else self._on_query
-        execute = self._execute_ask_blocking if self.blocking_waits else self._execute_ask
-        self._service = self.create_service(QueryScene, "~/query", query, callback_group=service_group)
+        group = ReentrantCallbackGroup()  # several suspended coroutines may be in flight at once
+        self._service = self.create_service(QueryScene, "~/query", self._on_query, callback_group=group)
         self._action = ActionServer(
-            self, AskScene, "~/ask", execute, callback_group=action_group,
+            self, AskScene, "~/ask", self._execute_ask, callback_group=group,
             goal_callback=lambda goal: GoalResponse.ACCEPT,  # refusals come back as a result with a message
             cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
         )
@@ -456,22 +448,6 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         outcome = await job.future
         return self._fill(response, job, outcome, start)
 
-    def _on_query_blocking(self, request: QueryScene.Request, response: QueryScene.Response):
-        start = time.perf_counter()
-        job = self._prepare(request.question, request.stamp, request.max_new_tokens)
-        if isinstance(job, str):
-            return self._fill(response, None, Outcome(False, job), start)
-        refused = self._submit(job)
-        if refused:
-            return self._fill(response, None, Outcome(False, refused), start)
-        return self._fill(response, job, self._wait(job), start)
-
-    def _wait(self, job: Job) -> Outcome:
-        # The worker finishes every job by its deadline (plus one token); the margin is a safety net.
-        if job.done.wait(self._values["answer_timeout_s"] + 10.0):
-            return job.outcome
-        return Outcome(False, "timed out waiting for the worker")
-
     def _ask_job(self, goal_handle) -> Job | str:
         goal = goal_handle.request
         job = self._prepare(goal.question, goal.stamp, goal.max_new_tokens)
@@ -508,16 +484,6 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
             return self._ask_result(goal_handle, None, Outcome(False, refused), start)
         outcome = await job.future
         return self._ask_result(goal_handle, job, outcome, start)
-
-    def _execute_ask_blocking(self, goal_handle) -> AskScene.Result:
-        start = time.perf_counter()
-        job = self._ask_job(goal_handle)
-        if isinstance(job, str):
-            return self._ask_result(goal_handle, None, Outcome(False, job), start)
-        refused = self._submit(job)
-        if refused:
-            return self._ask_result(goal_handle, None, Outcome(False, refused), start)
-        return self._ask_result(goal_handle, job, self._wait(job), start)
 
     # ----------------------------------------------------------------------------------------------
     # Worker: one generation at a time

@@ -7,8 +7,8 @@ Each node gets its own single-threaded executor spinning in its own thread (docs
 section 5: a shared multi-threaded executor made label latency ten times worse here), and is brought to
 ``active`` through the real lifecycle transitions (configure, activate) when its ``autostart``
 parameter is true. Ctrl-C or SIGTERM runs shutdown through the lifecycle too (workers stopped,
-models freed) before the ROS context goes down. ``--executor multi`` (one MultiThreadedExecutor(2)
-per node, blocking service callbacks) is the rejected arrangement, kept so that it can be measured.
+models freed) before the ROS context goes down. The rejected arrangement (a MultiThreadedExecutor per
+node with blocking service callbacks) is gone from the code; its numbers are in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 NODE_NAMES = ("perception", "reasoning")
-EXECUTORS = ("single", "multi")
 READY_LINE = "fvp-runner: ready"
 DEFAULT_PARAMS_FILE = "config/perception.yaml"
 
@@ -62,7 +61,7 @@ def params_file_from(params: Mapping[str, Any] | str | os.PathLike | None, tmp_d
     return str(path)
 
 
-def _make_node(name: str, *, context, namespace: str, executor: str):
+def _make_node(name: str, *, context, namespace: str):
     if name == "perception":
         from frozen_vlm_perception.nodes.perception_node import PerceptionNode
 
@@ -70,8 +69,7 @@ def _make_node(name: str, *, context, namespace: str, executor: str):
     if name == "reasoning":
         from frozen_vlm_perception.nodes.reasoning_node import ReasoningNode
 
-        # A multi-threaded executor is only there to let blocking callbacks wait (the rejected option).
-        return ReasoningNode(context=context, namespace=namespace, blocking_waits=executor == "multi")
+        return ReasoningNode(context=context, namespace=namespace)
     raise RunnerError(f"unknown node {name!r}; known: {list(NODE_NAMES)}")
 
 
@@ -81,7 +79,6 @@ def run_nodes(
     nodes: Sequence[str] = NODE_NAMES,
     namespace: str = "",
     ros_args: Sequence[str] = (),
-    executor: str = "single",
     stop: threading.Event | None = None,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
     handle_signals: bool = True,
@@ -95,7 +92,7 @@ def run_nodes(
     """
     import rclpy
     from rclpy.context import Context
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
     from frozen_vlm_perception.nodes.common import (
@@ -105,8 +102,6 @@ def run_nodes(
         restore_signal_handlers,
     )
 
-    if executor not in EXECUTORS:
-        raise RunnerError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
     unknown = [n for n in nodes if n not in NODE_NAMES]
     if unknown or not nodes:
         raise RunnerError(f"unknown node(s) {unknown}; known: {list(NODE_NAMES)}")
@@ -130,14 +125,13 @@ def run_nodes(
         try:
             for name in nodes:
                 try:
-                    node = _make_node(name, context=context, namespace=namespace, executor=executor)
+                    node = _make_node(name, context=context, namespace=namespace)
                 except ParameterError as err:
                     raise RunnerError(str(err)) from None
                 except Exception as err:  # rcl/DDS refused the node, e.g. DDS security (fails closed)
                     raise RunnerError(f"cannot create the {name} node: {err}") from err
                 created[name] = node
-                ex = (MultiThreadedExecutor(num_threads=2, context=context) if executor == "multi"
-                      else SingleThreadedExecutor(context=context))
+                ex = SingleThreadedExecutor(context=context)
                 ex.add_node(node)
                 thread = threading.Thread(target=_spin, args=(ex, ExternalShutdownException),
                                           name=f"executor-{name}", daemon=True)
@@ -196,15 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"ROS parameters YAML (default: the shipped {DEFAULT_PARAMS_FILE})")
     parser.add_argument("--nodes", default=",".join(NODE_NAMES), help="comma-separated: perception,reasoning")
     parser.add_argument("--namespace", default="", help="namespace of both nodes, e.g. /robot1")
-    parser.add_argument("--executor", choices=EXECUTORS, default="single",
-                        help="single (default): a SingleThreadedExecutor per node; multi: measured, rejected")
     args = parser.parse_args(argv)
     return main_run(args, ros_args=ros_args)
 
 
 def main_run(args: argparse.Namespace, ros_args: Sequence[str] = ()) -> int:
     """``fvp run``: args.params (or params_file; default the shipped config/perception.yaml), and
-    optionally nodes, namespace, executor."""
+    optionally nodes and namespace."""
     from frozen_vlm_perception.nodes.common import package_file
 
     params = getattr(args, "params", None) or getattr(args, "params_file", None)
@@ -215,8 +207,7 @@ def main_run(args: argparse.Namespace, ros_args: Sequence[str] = ()) -> int:
             params = None  # the nodes' declared defaults
     nodes = [n for n in getattr(args, "nodes", ",".join(NODE_NAMES)).split(",") if n]
     try:
-        return run_nodes(params, nodes=nodes, namespace=getattr(args, "namespace", ""), ros_args=ros_args,
-                         executor=getattr(args, "executor", "single"))
+        return run_nodes(params, nodes=nodes, namespace=getattr(args, "namespace", ""), ros_args=ros_args)
     except RunnerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

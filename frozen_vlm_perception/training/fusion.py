@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from frozen_vlm_perception.checkpoint import load_state_into, read_checkpoint_config, save_checkpoint
-from frozen_vlm_perception.config import ModelConfig
+from frozen_vlm_perception.checkpoint import read_checkpoint_config, save_checkpoint
 from frozen_vlm_perception.nn.fusion import ALPHA_GRID
 from frozen_vlm_perception.nn.model import SceneModel
 from frozen_vlm_perception.training.common import update_report
@@ -133,11 +132,14 @@ def sweep_table(record: dict[str, Any]) -> str:
 
 def refit_fusion(model_dir: str | Path, embeddings: EmbeddingSet, device: str = "cpu") -> dict[str, Any]:
     """Choose the alpha of the finished folder ``model_dir`` on ``embeddings`` and save it there."""
+    from frozen_vlm_perception.pipeline import PerceptionPipeline
+
     model_dir = Path(model_dir)
-    config, dims, metadata = read_checkpoint_config(model_dir)
-    scene_model = _load(model_dir, config, dims)
-    scene_model.to(device)
-    record = choose_fusion(scene_model, embeddings, list(config.labels), device)
+    _, _, metadata = read_checkpoint_config(model_dir)
+    scene_model = PerceptionPipeline.from_model_dir(
+        model_dir, device=device, load_language=False, load_vision=False
+    ).scene_model
+    record = choose_fusion(scene_model, embeddings, list(scene_model.config.labels), device)
     save_checkpoint(
         model_dir,
         config=scene_model.config,
@@ -148,16 +150,6 @@ def refit_fusion(model_dir: str | Path, embeddings: EmbeddingSet, device: str = 
     update_report(model_dir, STAGE, record)
     return record
 
-
-def _load(model_dir: Path, config: ModelConfig, dims: dict[str, int]) -> SceneModel:
-    scene_model = SceneModel(
-        config=config,
-        vision_dim=dims["vision_dim"],
-        vision_tokens=dims["vision_tokens"],
-        lm_dim=dims["lm_dim"],
-    )
-    load_state_into(model_dir, scene_model)
-    return scene_model
 
 
 def main_fusion(args: argparse.Namespace) -> int:

@@ -174,3 +174,13 @@ def wait_future(future, timeout: float):
 
 def stamp_ns(stamp) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def diagnostics_of(ros, node: str, since: float = 0.0) -> list[dict[str, str]]:
+    """Key/values of ``node``'s /diagnostics statuses received since ``since`` (oldest first)."""
+    out = []
+    for msg in ros.diagnostics.messages(since):
+        for status in msg.status:
+            if status.name == f"{node}: {node}":
+                out.append({kv.key: kv.value for kv in status.values})
+    return out

@@ -11,7 +11,16 @@ import time
 
 import numpy as np
 import pytest
-from node_harness import ChildProcess, RosClient, call, stamp_ns, start_runner, wait_future, wait_until
+from node_harness import (
+    ChildProcess,
+    RosClient,
+    call,
+    diagnostics_of,
+    stamp_ns,
+    start_runner,
+    wait_future,
+    wait_until,
+)
 
 from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS, ImuConfig
 from frozen_vlm_perception.nodes.latency_probe import SensorStream
@@ -72,15 +81,6 @@ def ask_query(ros, question: str = QUESTION, *, timeout: float = 60.0, **fields)
     for key, value in fields.items():
         setattr(request, key, value)
     return call(ros.query, request, timeout)
-
-
-def diagnostics_of(ros, node: str, since: float = 0.0) -> list[dict[str, str]]:
-    out = []
-    for msg in ros.diagnostics.messages(since):
-        for status in msg.status:
-            if status.name == f"{node}: {node}":
-                out.append({kv.key: kv.value for kv in status.values})
-    return out
 
 
 def fused(msgs) -> list:

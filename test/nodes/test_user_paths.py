@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from node_harness import RosClient, call, stamp_ns, start_runner, wait_future, wait_until
+from node_harness import RosClient, call, diagnostics_of, stamp_ns, start_runner, wait_future, wait_until
 
 from frozen_vlm_perception.conversions import rgb_to_image, to_time_msg
 from frozen_vlm_perception.nodes.latency_probe import SensorStream
@@ -76,19 +76,10 @@ def ros(system):
     client.close()
 
 
-def status_of(ros, node: str, since: float = 0.0) -> list[dict[str, str]]:
-    out = []
-    for msg in ros.diagnostics.messages(since):
-        for status in msg.status:
-            if status.name == f"{node}: {node}":
-                out.append({kv.key: kv.value for kv in status.values})
-    return out
-
-
 def wait_status(ros, node: str, predicate, timeout: float = 15.0) -> dict[str, str]:
     """The first status of ``node`` published from now on for which ``predicate`` holds."""
     since = time.time()
-    return wait_until(lambda: next((d for d in status_of(ros, node, since) if predicate(d)), None),
+    return wait_until(lambda: next((d for d in diagnostics_of(ros, node, since) if predicate(d)), None),
                       timeout, f"a {node} status as wanted")
 
 

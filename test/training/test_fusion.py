@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_data_config, write_tiny_bag
 
-from frozen_vlm_perception.checkpoint import load_state_into, read_checkpoint_config
+from frozen_vlm_perception.checkpoint import read_checkpoint_config
 from frozen_vlm_perception.nn.fusion import ALPHA_GRID
 from frozen_vlm_perception.nn.model import SceneModel
 from frozen_vlm_perception.pipeline import PerceptionPipeline
@@ -36,11 +36,10 @@ def val_embeddings(aligned, tiny_bags, tiny_lm_folder, embedding_cache):
 
 
 def load_scene_model(model_dir) -> SceneModel:
-    config, dims, _ = read_checkpoint_config(model_dir)
-    model = SceneModel(config=config, vision_dim=dims["vision_dim"], vision_tokens=dims["vision_tokens"],
-                       lm_dim=dims["lm_dim"])
-    load_state_into(model_dir, model)
-    return model.eval()
+    pipeline = PerceptionPipeline.from_model_dir(
+        model_dir, device="cpu", load_language=False, load_vision=False
+    )
+    return pipeline.scene_model.eval()
 
 
 def test_choose_fusion_picks_the_alpha_with_the_best_recounted_accuracy(aligned, val_embeddings):

@@ -341,6 +341,8 @@ def run_system(args: argparse.Namespace, pipeline: PerceptionPipeline, source: s
             camera_hz=args.camera_hz,
             imu_hz=args.imu_hz,
             questions=0 if args.no_lm else args.questions,
+            answering_s=args.answering_seconds,
+            node_params=tuple(args.node_param),
         )
         result = measure_system(settings, pipeline=pipeline, log=lambda line: print(line, flush=True))
     print(format_system(result))

@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera-hz", type=float, default=30.0, help="system part: camera rate (640x480 rgb8)")
     p.add_argument("--imu-hz", type=float, default=200.0, help="system part: IMU rate")
     p.add_argument("--questions", type=int, default=3, help="system part: questions through the service")
+    p.add_argument("--answering-seconds", type=float, default=None,
+                   help="system part: seconds of questions asked back to back (default: --seconds)")
+    p.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE",
+                   help="system part: a parameter for both node processes (repeatable; for A/B runs)")
     p.add_argument(
         "--node-threads",
         type=int,

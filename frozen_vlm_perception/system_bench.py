@@ -13,6 +13,13 @@ with the wall clock at publishing, IMU at its own rate):
    the frozen LM answers each question about the very latents the reasoning node used (kept from
    ``/perception/latents`` by stamp), so the answers must come out identical.
 
+Phase 2 measures labels twice, side by side: **idle** (no question) for ``seconds``, then
+**answering** for ``answering_s``, with questions asked back to back through the service, so a
+generation is running nearly all the time. ``answering_vs_idle`` compares the two (share of frames
+labelled, p99). The perception node's own /diagnostics are kept per phase too: the time from taking
+a frame to publishing its label inside the node, and Python's garbage-collector pauses there, so a
+spike in the label latency can be placed (wire, node, collector).
+
 ``ros_overhead_ratio`` = label latency p50 / (encode p50 + transport p50): 1.0 means the nodes add
 nothing to model + transport. ``answer_overhead_ratio`` = service round trips / raw generate time
 for the same questions and scenes. Peak memory is each process's high-water resident set (VmHWM).
@@ -48,8 +55,10 @@ class SystemSettings:
     imu_hz: float = 200.0
     width: int = 640
     height: int = 480
-    questions: int = 3
+    questions: int = 3  # at least this many; the first ones also get the in-process reference
     max_new_tokens: int = 24
+    answering_s: float | None = None  # labels measured while answering (None: as long as ``seconds``)
+    node_params: tuple[str, ...] = ()  # extra NAME:=VALUE for both node processes (A/B runs)
     ready_timeout_s: float = READY_TIMEOUT_S
 
 
@@ -58,7 +67,7 @@ def _runner(nodes: str, settings: SystemSettings) -> list[str]:
         nodes,
         model_dir=settings.model_dir,
         device=settings.device,
-        params=[f"torch_threads:={settings.torch_threads}"],
+        params=[f"torch_threads:={settings.torch_threads}", *settings.node_params],
     )
 
 
@@ -66,6 +75,7 @@ class Listener:
     """This process's view: echoed stamps, labels and latents as they arrive (wall-clock receive times)."""
 
     def __init__(self, node):
+        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import QoSProfile
         from std_msgs.msg import Header
 
@@ -74,7 +84,9 @@ class Listener:
         self.echoed: dict[int, float] = {}
         self.labelled: dict[int, float] = {}
         self.latents: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.perception_periods: list[tuple[float, dict[str, float]]] = []  # (received, numeric values)
         self._lock = threading.Lock()
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, QoSProfile(depth=50))
         node.create_subscription(Header, "/stamp_echo/stamps", self._on_echo, QoSProfile(depth=50))
         node.create_subscription(ActivityLabel, "/perception/activity", self._on_label, QoSProfile(depth=50))
         node.create_subscription(SceneLatents, "/perception/latents", self._on_latents, QoSProfile(depth=50))
@@ -95,6 +107,30 @@ class Listener:
             self.latents[self._ns(msg.header.stamp)] = data
             while len(self.latents) > LATENTS_KEPT:
                 self.latents.popitem(last=False)
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name.endswith(": perception"):
+                values = {}
+                for item in status.values:
+                    try:
+                        values[item.key] = float(item.value)
+                    except ValueError:
+                        pass
+                self.perception_periods.append((time.time(), values))
+
+    def perception_between(self, t0: float, t1: float) -> dict[str, float]:
+        """The perception node's diagnostics periods that ended in [t0, t1], summarised."""
+        periods = [v for t, v in self.perception_periods if t0 < t <= t1]
+        out: dict[str, float] = {"periods": len(periods)}
+        for key, how in (("period_latency_ms_p50", max), ("period_latency_ms_p99", max),
+                         ("period_latency_ms_max", max), ("period_gc_ms_max", max),
+                         ("period_gc_ms_total", sum), ("period_gc_collections", sum),
+                         ("period_gc_full_collections", sum)):
+            seen = [v[key] for v in periods if key in v]
+            if seen:
+                out[key.removeprefix("period_")] = float(how(seen))
+        return out
 
     def latents_at(self, stamp_ns: int) -> np.ndarray | None:
         with self._lock:
@@ -205,27 +241,33 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         children += [perception, reasoning]
         perception.wait_ready(settings.ready_timeout_s)
         reasoning.wait_ready(settings.ready_timeout_s)
+        if settings.questions and not wait_until_ready(query.service_is_ready, time.monotonic() + 30.0):
+            raise RuntimeError("the reasoning node's /reasoning/query service did not appear")
         time.sleep(settings.warmup_s)
         t0 = time.time()
         time.sleep(settings.seconds)
         t1 = time.time()
         result["labels"] = _latency_between(stream.stamps(), listener.labelled, t0, t1, windows=5)
+        result["labels"]["perception_node"] = listener.perception_between(t0, t1)
         answers: list[tuple[Any, float]] = []
         if settings.questions:
-            if not wait_until_ready(query.service_is_ready, time.monotonic() + 30.0):
-                raise RuntimeError("the reasoning node's /reasoning/query service did not appear")
-            log(f"[bench] {settings.questions} question(s) through /reasoning/query while the sensors stream")
-            answers = [_ask(query, QUESTION, settings.max_new_tokens) for _ in range(settings.questions)]
-            result["labels_while_answering"] = _latency_between(
-                stream.stamps(), listener.labelled, t1, time.time()
-            )
+            answering_s = settings.seconds if settings.answering_s is None else settings.answering_s
+            log(f"[bench] questions back to back through /reasoning/query for {answering_s:.0f} s "
+                f"(at least {settings.questions}) while the sensors stream")
+            while len(answers) < settings.questions or time.time() - t1 < answering_s:
+                answers.append(_ask(query, QUESTION, settings.max_new_tokens))
+            t2 = time.time()
+            result["labels_while_answering"] = _latency_between(stream.stamps(), listener.labelled, t1, t2)
+            result["labels_while_answering"]["perception_node"] = listener.perception_between(t1, t2)
+            result["labels_while_answering"]["answers"] = len(answers)
         result["peak_rss_mb"].update(
             perception_node=perception.peak_rss_mb(), reasoning_node=reasoning.peak_rss_mb()
         )
         reasoning.stop()
         if answers:
             log("[bench] the same answers in this process, perception node and sensors still running ...")
-            result["reference"]["answers"] = [_answer_entry(*item) for item in answers]
+            result["reference"]["answers"] = [_answer_entry(*item) for item in answers[: settings.questions]]
+            result["service_round_trip_ms"] = percentiles([ms for _, ms in answers])
             _generate_reference(settings, pipeline, result["reference"]["answers"], listener, "loaded")
     finally:
         stream.stop()
@@ -313,6 +355,14 @@ def _ratios(result: dict[str, Any]) -> None:
     if labels.get("n") and transport.get("n"):
         result["ros_overhead_ratio"] = labels["p50"] / (encode["p50"] + transport["p50"])
         result["ros_overhead_ratio_p99"] = labels["p99"] / (encode["p99"] + transport["p99"])
+    answering = result.get("labels_while_answering", {})
+    if labels.get("n") and answering.get("latency_ms", {}).get("n"):
+        lost = result["labels"]["share_received"] - answering["share_received"]
+        result["answering_vs_idle"] = {
+            "labelled_points_lost": 100.0 * lost,  # percentage points of the published frames
+            "p99_ratio": answering["latency_ms"]["p99"] / labels["p99"],
+            "p50_ratio": answering["latency_ms"]["p50"] / labels["p50"],
+        }
     timed = [a for a in result["reference"].get("answers", ()) if "raw_generate_quiet_ms" in a]
     if timed:
         service = sum(a["round_trip_ms"] for a in timed)
@@ -336,8 +386,8 @@ def format_system(result: dict[str, Any]) -> str:
     rows = []
     paths = (
         ("camera -> stamp echo (transport)", "transport"),
-        ("camera -> ActivityLabel", "labels"),
-        ("camera -> ActivityLabel while answering", "labels_while_answering"),
+        ("camera -> ActivityLabel, idle", "labels"),
+        ("camera -> ActivityLabel, answering", "labels_while_answering"),
     )
     for name, key in paths:
         if key in result:
@@ -346,6 +396,17 @@ def format_system(result: dict[str, Any]) -> str:
     encode = result["reference"]["encode_ms"]
     rows.append(["pipeline encode (in process, quiet)", "-", encode["p50"], encode["p99"], encode["max"]])
     lines.append(format_table(["path", "frames", "p50 ms", "p99 ms", "max ms"], rows))
+    inside = [(name, result[key]["perception_node"]) for name, key in paths[1:]
+              if result.get(key, {}).get("perception_node", {}).get("periods")]
+    if inside:
+        lines.append("\n## Inside the perception node (its /diagnostics: frame taken -> label published)\n")
+        headers = ["phase", "worst period p50 ms", "worst period p99 ms", "max ms", "GC collections",
+                   "GC full", "GC ms total", "GC max pause ms"]
+        rows = [[name.split(", ")[-1], d.get("latency_ms_p50", nan), d.get("latency_ms_p99", nan),
+                 d.get("latency_ms_max", nan), int(d.get("gc_collections", 0)),
+                 int(d.get("gc_full_collections", 0)), d.get("gc_ms_total", nan), d.get("gc_ms_max", nan)]
+                for name, d in inside]
+        lines.append(format_table(headers, rows))
     over_time = result["labels"].get("over_time", ())
     if over_time:
         lines.append("\n## Label latency over the measured run (a backlog would climb)\n")
@@ -384,6 +445,11 @@ def format_system(result: dict[str, Any]) -> str:
         "answer_overhead_ratio_quiet",
     )
     rows = [[name, result[name]] for name in names if name in result]
+    for name, value in result.get("answering_vs_idle", {}).items():
+        rows.append([f"answering vs idle: {name}", value])
+    if "service_round_trip_ms" in result:
+        trip = result["service_round_trip_ms"]
+        rows.append([f"QueryScene round trip p50 ms ({trip['n']} answers)", trip["p50"]])
     rows += [[f"peak RSS MB: {name}", mb] for name, mb in result["peak_rss_mb"].items() if mb is not None]
     if "cuda_peak_allocated_mb" in result["reference"]:
         rows.append(["peak CUDA allocated MB (reference)", result["reference"]["cuda_peak_allocated_mb"]])

@@ -27,6 +27,7 @@ def test_system_bench_measures_every_phase(ros_env, torch_threads):
         height=240,
         questions=1,
         max_new_tokens=6,
+        answering_s=3.0,
     )
     result = measure_system(settings, log=lambda line: None)
 
@@ -39,4 +40,18 @@ def test_system_bench_measures_every_phase(ros_env, torch_threads):
     assert answer["identical"], answer  # service answer == in-process generate on the same latents
     assert result["peak_rss_mb"]["perception_node"] > 100
     assert result["peak_rss_mb"]["reasoning_node"] > result["peak_rss_mb"]["stamp_echo"]
-    assert "ros_overhead_ratio" in format_system(result)
+    # Idle and answering side by side, each with the perception node's own view of that phase.
+    for phase in ("labels", "labels_while_answering"):
+        inside = result[phase]["perception_node"]
+        assert inside["periods"] >= 1, phase
+        assert 0 < inside["latency_ms_p50"] <= inside["latency_ms_max"], phase
+        assert inside["gc_collections"] >= inside["gc_full_collections"] >= 0, phase
+    assert result["labels_while_answering"]["answers"] >= 1
+    idle, answering = result["labels"], result["labels_while_answering"]
+    comparison = result["answering_vs_idle"]
+    assert comparison["p99_ratio"] == answering["latency_ms"]["p99"] / idle["latency_ms"]["p99"]
+    assert comparison["labelled_points_lost"] == pytest.approx(
+        100 * (idle["share_received"] - answering["share_received"]))
+    text = format_system(result)
+    assert "ros_overhead_ratio" in text and "answering vs idle: p99_ratio" in text
+    assert "Inside the perception node" in text

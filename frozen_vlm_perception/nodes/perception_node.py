@@ -100,6 +100,7 @@ from frozen_vlm_perception.nodes.common import (
     spin_lifecycle_main,
     torch_threads_spec,
 )
+from frozen_vlm_perception.nodes.gc_pauses import GcPauses
 from frozen_vlm_perception.overlay import DEFAULT_SCALE as OVERLAY_DEFAULT_SCALE
 from frozen_vlm_perception.overlay import SCALE_RANGE as OVERLAY_SCALE_RANGE
 from frozen_vlm_perception.overlay import OverlayText, render_overlay
@@ -238,6 +239,7 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         self._vision_weights: list[float] = []  # share of vision per fused frame, since the last diagnostics
         self._stats_lock = threading.Lock()
         self._oom_streak = 0  # consecutive out-of-memory errors of the worker
+        self._gc_pauses = GcPauses().install()  # collections stop every thread: reported per period
         self._fallback_note = ""  # set when the model was moved to the CPU after CUDA out-of-memory
 
     # ----------------------------------------------------------------------------------------------
@@ -323,6 +325,10 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         """Stop the worker and free the model (safe in any state, also after rclpy shut down)."""
         self._stop_worker()
         self._release_model()
+
+    def destroy_node(self) -> None:
+        self._gc_pauses.remove()
+        super().destroy_node()
 
     def _load_model(self) -> bool:
         from frozen_vlm_perception.pipeline import PerceptionPipeline
@@ -662,9 +668,11 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
             ("period_frames_received", received),
             ("period_frames_labelled", labelled),
         ]
-        if latency:
+        if latency:  # frame taken from the subscription -> label published (the node's own share)
             values += [("period_latency_ms_p50", float(np.percentile(latency, 50))),
+                       ("period_latency_ms_p99", float(np.percentile(latency, 99))),
                        ("period_latency_ms_max", float(np.max(latency)))]
+        values += GcPauses.summary(self._gc_pauses.take())
         if vision_weights:  # which sensor the robot trusted (fused frames; 1 = vision only)
             values += [("period_vision_weight_mean", float(np.mean(vision_weights))),
                        ("period_vision_weight_min", float(np.min(vision_weights))),

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import collections
 import gc
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -101,6 +103,11 @@ PARAMS: list[ParamSpec] = [
               "with 'busy'.", (1, 1000)),
     ParamSpec("answer_timeout_s", 60.0, "A question not answered within this time (waiting included) "
               "fails with 'timed out'.", (0.1, 3600.0)),
+    ParamSpec("generation_nice", 10,
+              "Niceness added to the thread that generates answers (Linux; 0: none): on a small CPU the "
+              "perception node then keeps its frames while an answer is written, and the answer takes the "
+              "cycles perception leaves (docs/BENCHMARKS.md). With torch_threads 1 all of generation runs "
+              "in that thread.", (0, 19)),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics.", (0.1, 3600.0)),
     ParamSpec("grounding_min_probability", 0.1,
               "Grounding check: an answer that names an activity the activity head of the same scene gave "
@@ -173,6 +180,7 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=1)
         self._active = False
         self._answering = False
+        self._worker_nice: int | None = None  # the generating thread's niceness (diagnostics)
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._latencies: collections.deque[float] = collections.deque(maxlen=ANSWERS_HISTORY)
@@ -489,6 +497,7 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
     # Worker: one generation at a time
 
     def _run_worker(self, stop: threading.Event) -> None:
+        self._worker_nice = lower_this_thread(self._values["generation_nice"])
         while not stop.is_set():
             try:
                 job = self._jobs.get(timeout=0.2)
@@ -566,6 +575,7 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
             ("activities_kept", activities),
             ("questions_waiting", self._jobs.qsize()),
             ("answering", self._answering),
+            ("generation_thread_nice", self._worker_nice),
             ("period_scenes_received", new.get("scenes_received", 0)),
         ]
         if latencies:
@@ -582,6 +592,20 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         if self._pub_diagnostics is not None:
             self._pub_diagnostics.publish(diagnostic_array(
                 self.get_clock().now().to_msg(), f"{self.get_name()}: reasoning", level, message, values))
+
+
+def lower_this_thread(increment: int) -> int | None:
+    """Add ``increment`` to the calling thread's niceness; returns the niceness it runs at now (None
+    where threads have no niceness of their own). On Linux niceness is per thread, and raising it needs
+    no privilege; elsewhere the call would change the whole process, so nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return None
+    thread = threading.get_native_id()
+    nice = os.getpriority(os.PRIO_PROCESS, thread)
+    if increment > 0:
+        nice = min(19, nice + increment)
+        os.setpriority(os.PRIO_PROCESS, thread, nice)
+    return nice
 
 
 def main(args: list[str] | None = None) -> int:

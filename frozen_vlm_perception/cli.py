@@ -14,7 +14,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from frozen_vlm_perception.demo import run_demo
+    from frozen_vlm_perception.tools.demo import run_demo
 
     return run_demo(args)
 
@@ -50,7 +50,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from frozen_vlm_perception.bench import main_bench
+    from frozen_vlm_perception.tools.bench import main_bench
 
     return main_bench(args)
 
@@ -74,7 +74,7 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _soak(args: argparse.Namespace) -> int:
-    from frozen_vlm_perception.soak import main_soak
+    from frozen_vlm_perception.tools.soak import main_soak
 
     return main_soak(args)
 

@@ -236,7 +236,7 @@ def run_and_query(ws: Path, log_dir: Path, params: Path) -> None:
     from lifecycle_msgs.srv import ChangeState, GetState
     from node_harness import Collector, RosClient
 
-    from frozen_vlm_perception.nodes.latency_probe import SensorStream
+    from frozen_vlm_perception.tools.latency_probe import SensorStream
     from frozen_vlm_perception_interfaces.msg import ActivityLabel
     from frozen_vlm_perception_interfaces.srv import QueryScene
 

@@ -109,14 +109,37 @@ def test_importing_the_core_loads_no_ros_module():
     assert not ros, f"the core pulled in ROS modules: {ros[:10]}"
 
 
+def reached_from(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    reached, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - reached:
+            reached.add(nxt)
+            todo.append(nxt)
+    return reached
+
+
 def test_the_robot_nodes_import_no_measuring_tool():
     graph = import_graph()
-    tools = {f"{ROOT}.{name}" for name in ("bench", "system_bench", "soak", "demo", "cli")}
-    tools |= {m for m in graph if m.startswith((f"{ROOT}.evaluation", f"{ROOT}.training"))}
-    for node in ("perception_node", "reasoning_node", "common", "runner"):
-        reached, todo = set(), [f"{ROOT}.nodes.{node}"]
-        while todo:
-            for nxt in graph[todo.pop()] - reached:
-                reached.add(nxt)
-                todo.append(nxt)
-        assert not reached & tools, f"nodes.{node} reaches {sorted(reached & tools)}"
+    nodes = sorted(m for m in graph if m.startswith(f"{ROOT}.nodes."))
+    robot = ("perception_node", "reasoning_node", "common", "runner", "player", "query_client", "gc_pauses")
+    assert {f"{ROOT}.nodes.{n}" for n in robot} <= set(nodes)  # the walk sees them
+    tools = {m for m in graph if m.startswith((f"{ROOT}.tools", f"{ROOT}.evaluation", f"{ROOT}.training"))}
+    tools |= {f"{ROOT}.cli"}
+    assert f"{ROOT}.tools.harness" in tools and f"{ROOT}.tools.bench" in tools
+    for node in nodes:
+        reached = reached_from(graph, node)
+        assert not reached & tools, f"{node} reaches {sorted(reached & tools)}"
+
+
+def test_only_the_cli_and_eval_through_ros_import_the_tools():
+    """The tools drive the nodes from outside; nothing else depends on them. ``evaluation/through_ros.py``
+    (``fvp eval --through-ros``) starts the nodes with the tools' harness, and nothing else of theirs."""
+    graph = import_graph()
+    tools = {m for m in graph if m == f"{ROOT}.tools" or m.startswith(f"{ROOT}.tools.")}
+    allowed = {f"{ROOT}.cli": tools, f"{ROOT}.evaluation.through_ros": {f"{ROOT}.tools.harness"}}
+    for name, imports in sorted(graph.items()):
+        if name in tools:
+            continue
+        used = imports & tools
+        assert used <= allowed.get(name, set()), f"{name} imports {sorted(used)}"

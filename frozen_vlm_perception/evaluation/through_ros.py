@@ -34,8 +34,8 @@ from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS
 from frozen_vlm_perception.data.bags import read_paired_samples
 from frozen_vlm_perception.evaluation import qa as qa_eval
 from frozen_vlm_perception.evaluation.metrics import accuracy, macro_f1
-from frozen_vlm_perception.nodes.latency_probe import percentiles
 from frozen_vlm_perception.questions import FAMILIES, FAMILY_NAMES, wordings
+from frozen_vlm_perception.tools.harness import percentiles
 from frozen_vlm_perception.training.config import DataConfig
 
 STAMP_TOLERANCE_NS = 1_000_000  # a label's stamp is the frame's, exactly; 1 ms covers float round trips
@@ -110,10 +110,10 @@ def evaluate_through_ros(
     from sensor_msgs.msg import Image
 
     from frozen_vlm_perception.conversions import stamp_to_ns
-    from frozen_vlm_perception.nodes.child import READY_TIMEOUT_S, NodeProcess, runner_command
     from frozen_vlm_perception.nodes.common import default_ros_domain
     from frozen_vlm_perception.nodes.player import play_bag
     from frozen_vlm_perception.nodes.runner import READY_LINE
+    from frozen_vlm_perception.tools.harness import READY_TIMEOUT_S, NodeProcess, runner_command
     from frozen_vlm_perception_interfaces.msg import ActivityLabel
 
     default_ros_domain()

@@ -23,7 +23,7 @@ from node_harness import (
 )
 
 from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS, ImuConfig
-from frozen_vlm_perception.nodes.latency_probe import SensorStream
+from frozen_vlm_perception.tools.latency_probe import SensorStream
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from node_harness import Collector, RosClient, call, start_runner
 
-from frozen_vlm_perception.nodes.latency_probe import SensorStream
 from frozen_vlm_perception.overlay import scaled_size
+from frozen_vlm_perception.tools.latency_probe import SensorStream
 
 pytestmark = pytest.mark.slow
 

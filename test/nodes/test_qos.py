@@ -98,7 +98,7 @@ class Session:
 
     def publish(self, profile=None):
         """Camera (15 Hz, 160x120) and IMU (200 Hz) publishers created now, with ``profile``."""
-        from frozen_vlm_perception.nodes.latency_probe import SensorStream
+        from frozen_vlm_perception.tools.latency_probe import SensorStream
 
         self.stream = SensorStream(self.ros.node, camera_hz=15.0, imu_hz=200.0, width=160, height=120,
                                    camera_qos=profile, imu_qos=profile).start()

@@ -17,7 +17,7 @@ import pytest
 from node_harness import RosClient, call, diagnostics_of, stamp_ns, start_runner, wait_future, wait_until
 
 from frozen_vlm_perception.conversions import rgb_to_image, to_time_msg
-from frozen_vlm_perception.nodes.latency_probe import SensorStream
+from frozen_vlm_perception.tools.latency_probe import SensorStream
 
 pytestmark = pytest.mark.slow
 

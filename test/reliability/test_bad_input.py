@@ -16,7 +16,7 @@ from node_harness import call, stamp_ns, wait_until
 from reliability_harness import count, fresh_diagnostics, grew, wait_for_status
 
 from frozen_vlm_perception.conversions import rgb_to_image, to_time_msg
-from frozen_vlm_perception.nodes.latency_probe import SensorStream
+from frozen_vlm_perception.tools.latency_probe import SensorStream
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import pytest
 from node_harness import ChildProcess, RosClient, call, start_runner, wait_until
 from reliability_harness import BagLoop, count, fresh_diagnostics, grew, statuses, write_bag
 
-from frozen_vlm_perception.nodes.latency_probe import SensorStream
+from frozen_vlm_perception.tools.latency_probe import SensorStream
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Measure the nodes from another process: label latency, share of frames labelled, answer latency.
 
-    python -m frozen_vlm_perception.nodes.latency_probe [--duration 20] [--param torch_threads:=0]
+    python -m frozen_vlm_perception.tools.latency_probe [--duration 20] [--param torch_threads:=0]
 
 Starts the runner (both nodes) as a child process, publishes a synthetic camera (640x480 rgb8 at
 30 Hz) and IMU (200 Hz) from this process, stamped with the wall clock at publishing, and measures:
@@ -42,16 +42,9 @@ import numpy as np
 
 from frozen_vlm_perception.config import STANDARD_GRAVITY
 from frozen_vlm_perception.nodes.runner import READY_LINE
+from frozen_vlm_perception.tools.harness import percentiles
 
 QUESTION = "What is the person doing?"
-
-
-def percentiles(values_ms: Sequence[float]) -> dict[str, float]:
-    if not values_ms:
-        return {"n": 0}
-    v = np.asarray(values_ms, dtype=np.float64)
-    return {"n": int(v.size), "p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
-            "p99": float(np.percentile(v, 99)), "max": float(v.max()), "mean": float(v.mean())}
 
 
 def ensure_model(model_dir: str | None, tmp: str) -> str:
@@ -378,7 +371,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m frozen_vlm_perception.nodes.latency_probe",
+    parser = argparse.ArgumentParser(prog="python -m frozen_vlm_perception.tools.latency_probe",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=20.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from frozen_vlm_perception.demo import Progress, Tally, summarize
+from frozen_vlm_perception.tools.demo import Progress, Tally, summarize
 
 FAMILY_LINE = re.compile(r"^\s+(activity|place|activity_place|yes_no)\s+\d+/\d+$")
 

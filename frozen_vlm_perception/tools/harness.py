@@ -1,4 +1,5 @@
-"""Nodes in child processes, for the tools that measure them from outside (bench, eval --through-ros).
+"""Nodes in child processes, for the tools that drive them from outside (demo, bench, soak, the latency
+probe, eval --through-ros): the one harness they share.
 
 A node in its own process is what ``ros2 launch`` gives a robot; measuring it from another process
 sees the transport, the executor and the process's own CPU share the way a robot's other nodes do.
@@ -14,6 +15,8 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 # Bring-up of a node process: a first start also builds the LM's weight cache (about 25 s) on top of
 # loading the models, on a loaded 2-core machine.
@@ -95,3 +98,12 @@ def runner_command(
     for param in params:
         command += ["-p", param]
     return [*command, "--log-level", "warn"]
+
+
+def percentiles(values_ms: Sequence[float]) -> dict[str, float]:
+    """n, p50, p90, p99, max and mean of latencies in ms ({"n": 0} when there are none)."""
+    if not values_ms:
+        return {"n": 0}
+    v = np.asarray(values_ms, dtype=np.float64)
+    return {"n": int(v.size), "p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
+            "p99": float(np.percentile(v, 99)), "max": float(v.max()), "mean": float(v.mean())}

@@ -11,7 +11,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_short_soak_keeps_buffers_bounded_and_memory_flat(ros_env, model_dir, tmp_path, capsys):
-    from frozen_vlm_perception.soak import DEFAULT_RSS_SLOPE_LIMIT_MB_PER_MIN, LATENCY_GROWTH_LIMIT, main_soak
+    from frozen_vlm_perception.tools.soak import (
+        DEFAULT_RSS_SLOPE_LIMIT_MB_PER_MIN,
+        LATENCY_GROWTH_LIMIT,
+        main_soak,
+    )
 
     report = tmp_path / "soak.json"
     args = argparse.Namespace(

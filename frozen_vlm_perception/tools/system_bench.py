@@ -3,7 +3,7 @@
 All in one run, with one synthetic sensor stream published from this process (camera frames stamped
 with the wall clock at publishing, IMU at its own rate):
 
-1. **transport**: a node that only echoes camera stamps (:mod:`.nodes.stamp_echo`) runs in a child
+1. **transport**: a node that only echoes camera stamps (:mod:`.tools.stamp_echo`) runs in a child
    process; camera stamp -> echoed header received here is the bare transport of those images.
 2. **nodes**: the perception and reasoning nodes run as two child processes, as the launch file
    starts them; camera stamp -> ``ActivityLabel`` received here is the label latency. While the
@@ -37,8 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from frozen_vlm_perception.nodes.child import READY_TIMEOUT_S, NodeProcess, peak_rss_mb, runner_command
-from frozen_vlm_perception.nodes.latency_probe import SensorStream, percentiles
+from frozen_vlm_perception.tools.harness import (
+    READY_TIMEOUT_S,
+    NodeProcess,
+    peak_rss_mb,
+    percentiles,
+    runner_command,
+)
+from frozen_vlm_perception.tools.latency_probe import SensorStream
 
 QUESTION = "What is the person doing?"
 LATENTS_KEPT = 600  # scenes kept by stamp for the reference answers (20 s at 30 Hz)
@@ -222,7 +228,7 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         transport_s = max(5.0, settings.seconds / 2)
         log(f"[bench] transport: camera -> stamp echo node, {transport_s:.0f} s ...")
         echo = NodeProcess(
-            [sys.executable, "-m", "frozen_vlm_perception.nodes.stamp_echo"],
+            [sys.executable, "-m", "frozen_vlm_perception.tools.stamp_echo"],
             "stamp_echo: ready",
             "the stamp echo node",
         )

@@ -371,9 +371,9 @@ def run_soak(
     from rclpy.qos import QoSProfile
     from sensor_msgs.msg import Image
 
-    from frozen_vlm_perception.nodes.latency_probe import ensure_model
     from frozen_vlm_perception.nodes.query_client import QueryError, query
     from frozen_vlm_perception.nodes.runner import READY_LINE, params_file_from
+    from frozen_vlm_perception.tools.latency_probe import ensure_model
     from frozen_vlm_perception_interfaces.msg import ActivityLabel
 
     if not minutes > 0 or not sample_s > 0:

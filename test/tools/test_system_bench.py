@@ -12,7 +12,7 @@ import math
 import pytest
 
 from frozen_vlm_perception.nodes.common import DEFAULT_MODEL_DIR, resolve_model_dir
-from frozen_vlm_perception.system_bench import SystemSettings, format_system, measure_system
+from frozen_vlm_perception.tools.system_bench import SystemSettings, format_system, measure_system
 
 
 @pytest.mark.slow

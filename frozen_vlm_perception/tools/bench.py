@@ -1,7 +1,7 @@
 """`fvp bench`: where the time goes, measured on this machine, printed as tables.
 
 Two parts. The pipeline part times each stage inside this process and the throughput against batch
-size, and the frozen LM's decoding speed. The system part (:mod:`frozen_vlm_perception.system_bench`,
+size, and the frozen LM's decoding speed. The system part (:mod:`frozen_vlm_perception.tools.system_bench`,
 skipped with ``--no-system``) runs the real nodes in their own processes against a 30 Hz camera and
 200 Hz IMU stream and reports what ROS adds: ``ros_overhead_ratio``, ``answer_overhead_ratio``, and
 every process's peak memory.
@@ -324,7 +324,7 @@ def run_system(args: argparse.Namespace, pipeline: PerceptionPipeline, source: s
     import tempfile
 
     from frozen_vlm_perception.nodes.common import default_ros_domain
-    from frozen_vlm_perception.system_bench import SystemSettings, format_system, measure_system
+    from frozen_vlm_perception.tools.system_bench import SystemSettings, format_system, measure_system
 
     default_ros_domain()
     threads = args.node_threads if args.node_threads is not None else shipped_torch_threads()

@@ -1,6 +1,6 @@
 """A node that does nothing but echo camera stamps: the bare transport the nodes are compared with.
 
-    python -m frozen_vlm_perception.nodes.stamp_echo [--ros-args -p camera.topic:=/cam]
+    python -m frozen_vlm_perception.tools.stamp_echo [--ros-args -p camera.topic:=/cam]
 
 It subscribes to the camera with the perception node's QoS, receives every frame into Python just
 as the perception node does (same message type, same deserialisation), and publishes only the

@@ -1,4 +1,7 @@
-"""Where things live: the shipped model folder, the user cache. One place for each path."""
+"""Where things live: the shipped model folder, the user cache. One place for each path.
+
+Also :func:`make_readable`, for files written into a cache that several users may share.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,13 @@ def cache_dir(*parts: str) -> Path:
     path = Path(root).joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def make_readable(path: Path) -> None:
+    """Give a file made by tempfile (mode 0600) the permissions the umask allows (usually 0644)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def source_root() -> Path | None:

@@ -69,3 +69,13 @@ def model_dir(tmp_path_factory, torch_threads):
     path = tmp_path_factory.mktemp("model")
     PerceptionPipeline.from_config(ModelConfig(), device="cpu", lm_dim=576).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bags(tmp_path_factory):
+    """(train bag: 2 passes = 96 s, 240 frames; held-out bag: 1 pass, another seed = 48 s, 120 frames),
+    written by test/tiny_recordings.py (data and training tests)."""
+    from tiny_recordings import write_tiny_bag
+
+    root = tmp_path_factory.mktemp("bags")
+    return write_tiny_bag(root / "train", seed=1, passes=2), write_tiny_bag(root / "val", seed=2, passes=1)

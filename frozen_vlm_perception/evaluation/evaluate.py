@@ -26,15 +26,15 @@ import torch
 
 from frozen_vlm_perception.config import SyncConfig
 from frozen_vlm_perception.data.bags import read_paired_samples
+from frozen_vlm_perception.data.cli_args import add_bag_arguments, data_config_from_args
+from frozen_vlm_perception.data.config import DataConfig
+from frozen_vlm_perception.data.embeddings import load_embeddings
 from frozen_vlm_perception.evaluation import qa as qa_eval
 from frozen_vlm_perception.evaluation.metrics import accuracy, confusion_matrix, macro_f1, retrieval_recall
 from frozen_vlm_perception.evaluation.report import write_report
 from frozen_vlm_perception.evaluation.scene_outputs import run_scene_model
 from frozen_vlm_perception.nn.fusion import ALPHA_GRID
 from frozen_vlm_perception.pipeline import PerceptionPipeline
-from frozen_vlm_perception.training.cli_args import add_bag_arguments, data_config_from_args
-from frozen_vlm_perception.training.config import DataConfig
-from frozen_vlm_perception.training.dataset import load_embeddings
 
 MODES = ("vision", "imu", "fused")
 ALPHA_SWEEP = ALPHA_GRID

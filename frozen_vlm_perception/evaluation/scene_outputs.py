@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from frozen_vlm_perception.data.embeddings import EmbeddingSet
 from frozen_vlm_perception.pipeline import PerceptionPipeline
-from frozen_vlm_perception.training.dataset import EmbeddingSet
 
 
 @torch.inference_mode()

@@ -4,7 +4,9 @@
     fvp train adapter --bag TRAIN [--val-bag VAL] --model models/x   (adapter.py, through the frozen LM)
     python -m torch.distributed.run --nproc_per_node N -m frozen_vlm_perception.training.align ...
 
-Modules: config (settings dataclasses), dataset (bags -> cached frozen-encoder embeddings), losses
-(InfoNCE, CE, retrieval recall), templates (questions/answers shared with evaluation), distributed
-(DDP helpers), common (LR schedule, early stopping, reports, plots), cli_args (argparse helpers).
+Modules: config (settings dataclasses), dataset (DataLoader samples and the train/val split over
+the embedding cache), losses (InfoNCE, CE, retrieval recall), templates (questions/answers shared
+with evaluation), distributed (DDP helpers), common (LR schedule, early stopping, reports, plots),
+cli_args (argparse helpers). What training shares with evaluation (DataConfig, the recording flags,
+the embedding cache) lives in ``frozen_vlm_perception.data``.
 """

@@ -50,6 +50,8 @@ from frozen_vlm_perception.checkpoint import (
     save_checkpoint,
 )
 from frozen_vlm_perception.config import ModelConfig, SyncConfig
+from frozen_vlm_perception.data.config import DataConfig
+from frozen_vlm_perception.data.embeddings import EmbeddingSet, EncoderFactory
 from frozen_vlm_perception.nn.model import SceneModel
 from frozen_vlm_perception.questions import (
     GENERAL_TRAINING_QUESTIONS,
@@ -70,13 +72,8 @@ from frozen_vlm_perception.training.common import (
     set_seed,
     update_report,
 )
-from frozen_vlm_perception.training.config import ADAPTER_MONITORS, AdapterTrainConfig, DataConfig
-from frozen_vlm_perception.training.dataset import (
-    EmbeddingDataset,
-    EmbeddingSet,
-    EncoderFactory,
-    load_train_val,
-)
+from frozen_vlm_perception.training.config import ADAPTER_MONITORS, AdapterTrainConfig
+from frozen_vlm_perception.training.dataset import EmbeddingDataset, load_train_val
 from frozen_vlm_perception.training.fusion import choose_fusion, sweep_table
 from frozen_vlm_perception.training.losses import embedding_mse, supervised_ce
 

@@ -39,6 +39,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from frozen_vlm_perception.checkpoint import save_checkpoint
 from frozen_vlm_perception.config import STANDARD_GRAVITY, ModelConfig, SyncConfig
+from frozen_vlm_perception.data.config import DataConfig
+from frozen_vlm_perception.data.embeddings import EmbeddingSet, EncoderFactory
 from frozen_vlm_perception.nn.imu import ImuEncoder
 from frozen_vlm_perception.nn.model import SceneModel
 from frozen_vlm_perception.training import distributed
@@ -54,13 +56,8 @@ from frozen_vlm_perception.training.common import (
     set_seed,
     update_report,
 )
-from frozen_vlm_perception.training.config import ALIGN_MONITORS, AlignTrainConfig, DataConfig
-from frozen_vlm_perception.training.dataset import (
-    EmbeddingDataset,
-    EmbeddingSet,
-    EncoderFactory,
-    load_train_val,
-)
+from frozen_vlm_perception.training.config import ALIGN_MONITORS, AlignTrainConfig
+from frozen_vlm_perception.training.dataset import EmbeddingDataset, load_train_val
 from frozen_vlm_perception.training.losses import (
     LogitScale,
     info_nce,

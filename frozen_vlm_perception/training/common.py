@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from frozen_vlm_perception.config import LanguageConfig
+from frozen_vlm_perception.paths import make_readable
 
 REPORT_FILE = "train_report.json"
 
@@ -148,13 +149,6 @@ def write_json(path: Path, document: Any) -> None:
         tmp.write("\n")
     make_readable(Path(tmp.name))
     os.replace(tmp.name, path)
-
-
-def make_readable(path: Path) -> None:
-    """Give a file made by tempfile (mode 0600) the permissions the umask allows (usually 0644)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def plot_history(

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from frozen_vlm_perception.checkpoint import read_checkpoint_config, save_checkpoint
+from frozen_vlm_perception.data.embeddings import EmbeddingSet
 from frozen_vlm_perception.nn.fusion import ALPHA_GRID
 from frozen_vlm_perception.nn.model import SceneModel
 from frozen_vlm_perception.training.common import update_report
-from frozen_vlm_perception.training.dataset import EmbeddingSet
 from frozen_vlm_perception.training.losses import supervised_ce
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,8 @@ def refit_fusion(model_dir: str | Path, embeddings: EmbeddingSet, device: str = 
 
 def main_fusion(args: argparse.Namespace) -> int:
     """``fvp train fusion --bag VAL --model DIR``: choose alpha on the (validation) bag."""
-    from frozen_vlm_perception.training.cli_args import data_config_from_args
-    from frozen_vlm_perception.training.dataset import load_embeddings
+    from frozen_vlm_perception.data.cli_args import data_config_from_args
+    from frozen_vlm_perception.data.embeddings import load_embeddings
 
     config, _, _ = read_checkpoint_config(args.model)
     data = data_config_from_args(args)

@@ -7,8 +7,8 @@ import pytest
 
 from frozen_vlm_perception.config import SyncConfig
 from frozen_vlm_perception.data.bags import ACTIVITY_TOPIC, PLACE_TOPIC, read_paired_samples
+from frozen_vlm_perception.data.config import DataConfig
 from frozen_vlm_perception.nn.language import Generation
-from frozen_vlm_perception.training.config import DataConfig
 
 MODEL = "models/demo"  # trained: the three modes and the fusion weights really disagree on some frames
 

@@ -211,7 +211,7 @@ def test_settled_rule_from_csv_intervals():
 
 def test_timeline_read_from_a_bag_label_topic_and_a_csv(tmp_path):
     from frozen_vlm_perception.data.bags import ACTIVITY_TOPIC, BagWriter
-    from frozen_vlm_perception.training.config import DataConfig
+    from frozen_vlm_perception.data.config import DataConfig
 
     epoch = 1_700_000_000 * 10**9
     labels = ["walking"] * 4 + ["sitting"] * 4
@@ -245,13 +245,13 @@ def small_bag(tmp_path_factory):
 
 def test_evaluate_qa_on_a_small_bag(small_bag, model_dir, tmp_path):
     """The untrained model's answers (nonsense, but real): every key, and the counts add up."""
+    from frozen_vlm_perception.data.config import DataConfig
     from frozen_vlm_perception.data.demo_bag import read_demo_manifest
+    from frozen_vlm_perception.data.embeddings import load_embeddings
     from frozen_vlm_perception.evaluation.qa import RULES, evaluate_qa
     from frozen_vlm_perception.evaluation.report import qa_markdown
     from frozen_vlm_perception.evaluation.scene_outputs import run_scene_model
     from frozen_vlm_perception.pipeline import PerceptionPipeline
-    from frozen_vlm_perception.training.config import DataConfig
-    from frozen_vlm_perception.training.dataset import load_embeddings
 
     pipeline = PerceptionPipeline.from_model_dir(model_dir, device="cpu")
     config = pipeline.config

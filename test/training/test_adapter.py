@@ -8,8 +8,8 @@ import random
 
 import pytest
 import torch
-from conftest import tiny_data_config
 from safetensors.torch import load_file
+from tiny_recordings import tiny_data_config
 
 from frozen_vlm_perception.checkpoint import read_checkpoint_config
 from frozen_vlm_perception.config import LanguageConfig, VisionConfig
@@ -228,7 +228,7 @@ def test_choosing_the_adapter_kind_needs_a_fresh_adapter():
 
 def _fresh_stage1(folder, lm_folder):
     """A stage-1 folder without training (fresh weights): stage 2 only needs its config and weights."""
-    from conftest import tiny_model_config
+    from tiny_recordings import tiny_model_config
 
     from frozen_vlm_perception.checkpoint import save_checkpoint
     from frozen_vlm_perception.nn.model import SceneModel

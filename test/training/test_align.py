@@ -11,12 +11,12 @@ import torch
 
 from frozen_vlm_perception.checkpoint import read_checkpoint_config
 from frozen_vlm_perception.config import ImuConfig
+from frozen_vlm_perception.data.config import DataConfig
+from frozen_vlm_perception.data.embeddings import load_embeddings
 from frozen_vlm_perception.nn.imu import ImuEncoder
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.training.align import Aligner
 from frozen_vlm_perception.training.cli_args import adapter_configs_from_args, align_configs_from_args
-from frozen_vlm_perception.training.config import DataConfig
-from frozen_vlm_perception.training.dataset import load_embeddings
 from frozen_vlm_perception.training.losses import retrieval_recall, supervised_ce
 
 
@@ -93,7 +93,7 @@ def test_supervised_weight_scales_only_the_encoders_share_of_the_ce():
 
 
 def test_contrastive_only_run_records_weight_zero(tiny_bags, tiny_lm_folder, embedding_cache, tmp_path):
-    from conftest import tiny_data_config, tiny_model_config
+    from tiny_recordings import tiny_data_config, tiny_model_config
 
     from frozen_vlm_perception.training.align import train_align
     from frozen_vlm_perception.training.config import AlignTrainConfig
@@ -211,7 +211,7 @@ def test_command_line_flags_map_onto_the_configs(tmp_path):
 
 
 def test_model_config_file_overrides(tmp_path, tiny_lm_folder):
-    from conftest import tiny_model_config
+    from tiny_recordings import tiny_model_config
 
     from frozen_vlm_perception.config import to_dict
 

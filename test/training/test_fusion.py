@@ -7,14 +7,14 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_data_config, write_tiny_bag
+from tiny_recordings import tiny_data_config, write_tiny_bag
 
 from frozen_vlm_perception.checkpoint import read_checkpoint_config
+from frozen_vlm_perception.data.embeddings import load_embeddings
 from frozen_vlm_perception.nn.fusion import ALPHA_GRID
 from frozen_vlm_perception.nn.model import SceneModel
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.training.config import AdapterTrainConfig
-from frozen_vlm_perception.training.dataset import load_embeddings
 from frozen_vlm_perception.training.fusion import best_alpha, choose_fusion, refit_fusion
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_model_config
+from tiny_recordings import tiny_model_config
 
 from frozen_vlm_perception.checkpoint import read_checkpoint_config
 from frozen_vlm_perception.config import to_dict

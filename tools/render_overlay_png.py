@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-QUESTION = "What is the person doing?"
+from frozen_vlm_perception.questions import STANDARD_QUESTION
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="models/demo")
     parser.add_argument("--at", type=float, default=47.0, help="seconds after the first frame")
     parser.add_argument("--scale", type=float, default=4.0)
-    parser.add_argument("--question", default=QUESTION)
+    parser.add_argument("--question", default=STANDARD_QUESTION)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--out", default="docs/overlay.png")
     args = parser.parse_args(argv)

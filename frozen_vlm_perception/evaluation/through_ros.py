@@ -32,11 +32,11 @@ import numpy as np
 
 from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS
 from frozen_vlm_perception.data.bags import read_paired_samples
-from frozen_vlm_perception.data.config import DataConfig
 from frozen_vlm_perception.evaluation import qa as qa_eval
 from frozen_vlm_perception.evaluation.metrics import accuracy, macro_f1
 from frozen_vlm_perception.questions import FAMILIES, FAMILY_NAMES, wordings
 from frozen_vlm_perception.tools.harness import percentiles
+from frozen_vlm_perception.training.config import DataConfig
 
 STAMP_TOLERANCE_NS = 1_000_000  # a label's stamp is the frame's, exactly; 1 ms covers float round trips
 QUESTION_TIMEOUT_S = 60.0
@@ -223,6 +223,7 @@ def _ask(
     family: str, held_out: bool, question: str, truth: Truth, settled, max_new_tokens: int
 ) -> dict[str, Any]:
     """One QueryScene call about the latest scene, with the truth of the scene the node used."""
+    from frozen_vlm_perception.conversions import stamp_to_ns
     from frozen_vlm_perception.nodes.query_client import QueryError, query
 
     entry: dict[str, Any] = {"family": family, "held_out": held_out, "question": question}
@@ -231,7 +232,7 @@ def _ask(
     except QueryError as err:
         entry.update(success=False, message=str(err))
         return entry
-    stamp_ns = response.scene_stamp.sec * 1_000_000_000 + response.scene_stamp.nanosec
+    stamp_ns = stamp_to_ns(response.scene_stamp)
     index = truth.at(stamp_ns)
     entry.update(
         success=bool(response.success),

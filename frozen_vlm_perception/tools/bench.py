@@ -30,10 +30,10 @@ import torch
 from frozen_vlm_perception.config import ModelConfig
 from frozen_vlm_perception.paths import MODEL_CONFIG_FILE, default_model_dir
 from frozen_vlm_perception.pipeline import PerceptionPipeline
+from frozen_vlm_perception.questions import STANDARD_QUESTION
 from frozen_vlm_perception.tables import format_table
 
 STAGES = ("preprocess", "vision", "imu", "fusion_resampler", "head")
-BENCH_QUESTION = "What is the person doing?"
 
 
 def synthetic_inputs(
@@ -102,12 +102,15 @@ def time_fusion_weighting(pipeline: PerceptionPipeline, repeats: int) -> dict[st
 def time_language(pipeline: PerceptionPipeline, repeats: int, max_new_tokens: int = 20) -> dict[str, float]:
     frames, windows = synthetic_inputs(1, pipeline.config)
     scene = pipeline.encode(frames, windows)[0]
-    pipeline.answer(scene, BENCH_QUESTION, max_new_tokens=max_new_tokens)  # warm-up
+    pipeline.answer(scene, STANDARD_QUESTION, max_new_tokens=max_new_tokens)  # warm-up
     rates, seconds, tokens = [], [], []
     for _ in range(max(3, repeats // 3)):
         # Never stop at EOS here: a fixed token count measures decoding speed, not the answer's length.
         result = pipeline.language.generate(
-            torch.from_numpy(scene.latents), BENCH_QUESTION, max_new_tokens=max_new_tokens, stop_at_eos=False
+            torch.from_numpy(scene.latents),
+            STANDARD_QUESTION,
+            max_new_tokens=max_new_tokens,
+            stop_at_eos=False,
         )
         rates.append(result.num_tokens / result.seconds)
         seconds.append(result.seconds * 1000.0)
@@ -126,17 +129,17 @@ def time_first_token(pipeline: PerceptionPipeline, repeats: int) -> dict[str, fl
     frames, windows = synthetic_inputs(1, pipeline.config)
     scene = torch.from_numpy(pipeline.encode(frames, windows)[0].latents)
     with torch.inference_mode():
-        prompt = language.build_prompt(scene, BENCH_QUESTION)
+        prompt = language.build_prompt(scene, STANDARD_QUESTION)
 
     def full_prompt():  # what generate did before the prefix cache: build the prompt, run all of it
         with torch.inference_mode():
-            embeds = language.build_prompt(scene, BENCH_QUESTION)
+            embeds = language.build_prompt(scene, STANDARD_QUESTION)
         return language.generate_from_embeds(embeds, max_new_tokens=1, stop_at_eos=False)
 
     runs = {
         "full_prompt": full_prompt,
         "cached_prefix": lambda: language.generate(
-            scene, BENCH_QUESTION, max_new_tokens=1, stop_at_eos=False
+            scene, STANDARD_QUESTION, max_new_tokens=1, stop_at_eos=False
         ),
     }
     out = {"prompt_tokens": int(prompt.shape[1])}

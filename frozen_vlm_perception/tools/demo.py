@@ -19,8 +19,6 @@ received here); both travel the same loopback, so this is the node's own delay p
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -32,8 +30,8 @@ import numpy as np
 
 from frozen_vlm_perception.paths import MODEL_CONFIG_FILE, cache_dir, default_model_dir
 from frozen_vlm_perception.questions import FAMILIES, FAMILY_NAMES, wordings
+from frozen_vlm_perception.tools.harness import READY_TIMEOUT_S, NodeNotReady, NodeProcess, runner_command
 
-READY_TIMEOUT_S = 180.0  # first run builds the LM cache (about 25 s) on top of loading both models
 STATUS_PERIOD_S = 1.0  # one status line per second while the recording plays (unless --verbose)
 # Moments (share of the played time) at which every family is asked; a round takes several seconds
 # (one answer per family), so the last one starts well before the end. Rounds the playback did not
@@ -146,44 +144,22 @@ def ensure_demo_bag(bag: str | None) -> Path:
     return path
 
 
-def start_nodes(model_dir: Path, env: dict[str, str]) -> subprocess.Popen:
-    command = [
-        sys.executable, "-m", "frozen_vlm_perception.nodes.runner",
-        "--ros-args", "-p", f"model_dir:={model_dir}", "--log-level", "warn",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    lines: list[str] = []
-    ready = threading.Event()
+def start_nodes(model_dir: Path) -> NodeProcess:
+    """Both nodes in one runner process, up; once up, what they print that looks like an error or a
+    warning is shown here."""
+    from frozen_vlm_perception.nodes.runner import READY_LINE
 
-    def pump() -> None:
-        from frozen_vlm_perception.nodes.runner import READY_LINE
+    def show(line: str) -> None:
+        if "error" in line.lower() or "warn" in line.lower():
+            print(f"[nodes] {line.rstrip()}", flush=True)
 
-        for line in process.stdout:
-            if READY_LINE in line:
-                ready.set()
-            elif not ready.is_set():
-                lines.append(line.rstrip())
-            elif "error" in line.lower() or "warn" in line.lower():
-                print(f"[nodes] {line.rstrip()}", flush=True)
-
-    threading.Thread(target=pump, daemon=True).start()
-    while not ready.wait(0.5):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_nodes(process)
-            tail = "\n".join(lines[-20:])
-            raise SystemExit(f"the nodes did not come up (exit {process.returncode}):\n{tail}")
-    return process
-
-
-def stop_nodes(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+    nodes = NodeProcess(runner_command(model_dir=str(model_dir)), READY_LINE, "the nodes", after_ready=show)
+    try:
+        nodes.wait_ready(READY_TIMEOUT_S)
+    except NodeNotReady as err:
+        nodes.stop()
+        raise SystemExit(str(err)) from None
+    return nodes
 
 
 def truth_lookup(manifest: dict):
@@ -213,7 +189,6 @@ def run_demo(args: argparse.Namespace) -> int:
     from frozen_vlm_perception.nodes.common import default_ros_domain
 
     default_ros_domain()
-    env = dict(os.environ)
 
     print(
         f"[demo] model {model_dir}, recording {bag} ({manifest['duration_s']:.0f} s, subjects "
@@ -221,12 +196,12 @@ def run_demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     print("[demo] starting the perception and reasoning nodes ...", flush=True)
-    nodes = start_nodes(model_dir, env)
+    nodes = start_nodes(model_dir)
     progress = Progress(truth, verbose=getattr(args, "verbose", False))
     try:
         answers, stats = play_and_listen(bag, args.seconds, truth, progress)
     finally:
-        stop_nodes(nodes)
+        nodes.stop()
     return summarize(progress.tally, answers, stats, truth)
 
 
@@ -306,6 +281,7 @@ def play_and_listen(bag: Path, seconds: float, truth, progress: Progress):
 def ask_one(family: str, held_out: bool, question: str, truth) -> dict:
     """Ask one question through QueryScene, print it beside the truth of the scene used, score it."""
     from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS
+    from frozen_vlm_perception.conversions import stamp_to_ns
     from frozen_vlm_perception.evaluation.qa import place_keys_for, score_answer
     from frozen_vlm_perception.nodes.query_client import QueryError, query
 
@@ -316,7 +292,7 @@ def ask_one(family: str, held_out: bool, question: str, truth) -> dict:
     except QueryError as err:
         print(f"[demo] question failed: {err}", flush=True)
         return entry
-    stamp = response.scene_stamp.sec * 10**9 + response.scene_stamp.nanosec
+    stamp = stamp_to_ns(response.scene_stamp)
     activity, place, _ = truth(stamp)
     entry.update(success=bool(response.success), answer=response.answer, activity=activity, place=place)
     verdict = "not scored (no truth for this scene)"

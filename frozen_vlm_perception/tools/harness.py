@@ -1,5 +1,5 @@
-"""Nodes in child processes, for the tools that drive them from outside (demo, bench, soak, the latency
-probe, eval --through-ros): the one harness they share.
+"""Nodes in child processes, for the tools that drive them from outside (demo, bench and its system
+part, soak, the latency probe, eval --through-ros; the node tests too): the one harness they share.
 
 A node in its own process is what ``ros2 launch`` gives a robot; measuring it from another process
 sees the transport, the executor and the process's own CPU share the way a robot's other nodes do.
@@ -7,46 +7,91 @@ sees the transport, the executor and the process's own CPU share the way a robot
 
 from __future__ import annotations
 
-import collections
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 # Bring-up of a node process: a first start also builds the LM's weight cache (about 25 s) on top of
-# loading the models, on a loaded 2-core machine.
+# loading the models, on a loaded 2-core machine. Every tool waits this long for a ready line.
 READY_TIMEOUT_S = 240.0
+KEEP_LINES = 200  # the tail of a child's output kept for error messages (None: all of it)
+
+
+class NodeNotReady(RuntimeError):
+    """The child exited, or did not print its ready line in time; the message ends with its output."""
 
 
 class NodeProcess:
-    """A child process that prints ``ready_line`` once up; its output is kept for error messages."""
+    """A child process (nodes, the player, a test's client) whose output a thread of its own reads.
 
-    def __init__(self, command: Sequence[str], ready_line: str, name: str):
+    ``ready_line``: what it prints at the start of a line once up (the runner's ``READY_LINE``);
+    :meth:`wait_ready` waits for it. Its output is kept (the last ``keep_lines`` lines, all with None)
+    for :attr:`output` and the error messages; once the ready line has come, each further line also goes
+    to ``after_ready`` (the demo shows the nodes' warnings that way). :meth:`stop` always ends the child:
+    SIGTERM, then SIGKILL. The child runs with this process's environment, unbuffered.
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        ready_line: str | None = None,
+        name: str = "the child process",
+        *,
+        keep_lines: int | None = KEEP_LINES,
+        after_ready: Callable[[str], None] | None = None,
+    ):
         self.name, self.ready_line = name, ready_line
-        self.log: collections.deque[str] = collections.deque(maxlen=200)  # the tail, for errors
+        self.keep_lines, self.after_ready = keep_lines, after_ready
+        self.lines: list[str] = []  # as printed, newline included
         self.ready = threading.Event()
         self.process = subprocess.Popen(
-            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
+            list(command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, name=f"output of {name}", daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         for line in self.process.stdout:
-            self.log.append(line.rstrip())
-            if line.startswith(self.ready_line):
+            if self.ready.is_set() and self.after_ready is not None:
+                self.after_ready(line)
+            self.lines.append(line)
+            if self.keep_lines is not None and len(self.lines) > 2 * self.keep_lines:
+                del self.lines[: -self.keep_lines]
+            if self.ready_line is not None and line.startswith(self.ready_line):
                 self.ready.set()
 
-    def wait_ready(self, timeout_s: float) -> None:
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Return once the ready line has come; :class:`NodeNotReady` when the child exits first or
+        ``timeout_s`` passes."""
         deadline = time.monotonic() + timeout_s
-        while not self.ready.wait(0.5):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                tail = "\n".join(list(self.log)[-30:])
-                raise RuntimeError(f"{self.name} did not come up (exit {self.process.poll()}):\n{tail}")
+        while not self.ready.wait(0.1):
+            if self.process.poll() is not None:
+                self._reader.join(timeout=5)  # its last lines, the ready line perhaps among them
+                if self.ready.is_set():
+                    return
+                raise NodeNotReady(
+                    f"{self.name} exited with code {self.process.returncode} before printing "
+                    f"{self.ready_line!r}:\n{self.output[-4000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise NodeNotReady(
+                    f"{self.name} did not print {self.ready_line!r} within {timeout_s:g} s:\n"
+                    f"{self.output[-4000:]}"
+                )
 
     def __enter__(self) -> NodeProcess:
         return self
@@ -58,28 +103,52 @@ class NodeProcess:
         """High-water resident set of the process so far (Linux VmHWM), None where unknown."""
         return peak_rss_mb(self.process.pid)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, SIGKILL after ``timeout_s``; the exit code."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+        return self.process.returncode
 
 
-def peak_rss_mb(pid: int | str = "self") -> float | None:
+def _proc_status_kb(pid: int | str, key: str) -> int | None:
+    """A ``kB`` line of /proc/<pid>/status (Linux), None where unknown."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
     except OSError:
         pass
     return None
 
 
+def peak_rss_mb(pid: int | str = "self") -> float | None:
+    """High-water resident set of ``pid`` in MiB (VmHWM), None where unknown."""
+    kb = _proc_status_kb(pid, "VmHWM")
+    return None if kb is None else kb / 1024.0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` in MB (psutil when installed, else /proc); nan when it is gone."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss / 1e6
+    except ImportError:
+        pass
+    except Exception:  # psutil.NoSuchProcess and friends
+        return float("nan")
+    kb = _proc_status_kb(pid, "VmRSS")
+    return float("nan") if kb is None else kb * 1024 / 1e6
+
+
 def runner_command(
-    nodes: str, *, model_dir: str, device: str = "auto", params: Sequence[str] = ()
+    nodes: str = "perception,reasoning", *, model_dir: str, device: str = "auto", params: Sequence[str] = ()
 ) -> list[str]:
     """The runner (shipped config/perception.yaml) for ``nodes`` ("perception", "reasoning" or both,
     comma-separated) with ``model_dir``, ``device`` and extra ``name:=value`` parameters."""

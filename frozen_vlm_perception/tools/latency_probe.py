@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,10 +39,10 @@ from typing import Any
 import numpy as np
 
 from frozen_vlm_perception.config import STANDARD_GRAVITY
+from frozen_vlm_perception.conversions import stamp_to_ns
 from frozen_vlm_perception.nodes.runner import READY_LINE
-from frozen_vlm_perception.tools.harness import percentiles
-
-QUESTION = "What is the person doing?"
+from frozen_vlm_perception.questions import STANDARD_QUESTION
+from frozen_vlm_perception.tools.harness import READY_TIMEOUT_S, NodeProcess, percentiles, runner_command
 
 
 def ensure_model(model_dir: str | None, tmp: str) -> str:
@@ -133,7 +131,7 @@ class SensorStream:
                 next_imu += 1.0 / self.imu_hz
             else:
                 self._image.header.stamp = stamp
-                self.published[stamp.sec * 1_000_000_000 + stamp.nanosec] = now
+                self.published[stamp_to_ns(stamp)] = now
                 self.camera.publish(self._image)
                 next_cam += 1.0 / self.camera_hz
 
@@ -149,7 +147,7 @@ def probe(
     model_dir: str | None = None,
     questions: bool = True,
     params: Sequence[str] = (),
-    ready_timeout_s: float = 180.0,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Run the runner in a child process and measure it (see the module doc).
 
@@ -167,22 +165,7 @@ def probe(
                               "imu_hz": imu_hz, "image": f"{width}x{height} rgb8", "duration_s": duration_s}
     with tempfile.TemporaryDirectory(prefix="fvp-probe-") as tmp:
         model = ensure_model(model_dir, tmp)
-        child = subprocess.Popen(
-            [sys.executable, "-m", "frozen_vlm_perception.nodes.runner",
-             "--ros-args", "-p", f"model_dir:={model}", *[a for p in params for a in ("-p", p)],
-             "--log-level", "warn"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
-        )
-        log: list[str] = []
-        ready = threading.Event()
-
-        def read_child() -> None:
-            for line in child.stdout:
-                log.append(line)
-                if line.startswith(READY_LINE):
-                    ready.set()
-
-        threading.Thread(target=read_child, daemon=True).start()
+        child = NodeProcess(runner_command(model_dir=model, params=params), READY_LINE, "the runner")
         context = Context()
         rclpy.init(args=["fvp-probe"], context=context)
         node = rclpy.create_node(f"fvp_probe_{os.getpid()}", context=context)
@@ -191,17 +174,14 @@ def probe(
         spin_thread = threading.Thread(target=spin.spin, daemon=True)
         stream = None
         try:
-            deadline = time.monotonic() + ready_timeout_s
-            while not ready.wait(0.5):
-                if child.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the runner did not start:\n" + "".join(log[-30:]))
+            child.wait_ready(ready_timeout_s)
             received: dict[int, float] = {}
             sources: dict[str, int] = {}
             diagnostics: dict[str, dict[str, str]] = {}
             reasoning_periods: list[tuple[float, int]] = []
 
             def on_label(msg) -> None:
-                received[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = time.time()
+                received[stamp_to_ns(msg.header.stamp)] = time.time()
                 sources[msg.source] = sources.get(msg.source, 0) + 1
 
             def on_diagnostics(msg) -> None:
@@ -249,12 +229,7 @@ def probe(
             spin.shutdown(timeout_sec=1.0)
             node.destroy_node()
             rclpy.try_shutdown(context=context)
-            child.terminate()
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+            child.stop()
     return result
 
 
@@ -293,7 +268,7 @@ def _probe_questions(node, reasoning_periods: list[tuple[float, int]]) -> dict[s
 
     one = []
     for _ in range(3):
-        response, seconds = _call(query, QueryScene.Request(question=QUESTION), 60)
+        response, seconds = _call(query, QueryScene.Request(question=STANDARD_QUESTION), 60)
         one.append(seconds * 1000.0)
         out["answer"] = response.answer if response is not None else None
         out["answer_server_latency_s"] = response.latency if response is not None else None
@@ -302,7 +277,7 @@ def _probe_questions(node, reasoning_periods: list[tuple[float, int]]) -> dict[s
     pair: list[tuple[bool, float]] = []
 
     def ask_once() -> None:
-        response, seconds = _call(query, QueryScene.Request(question=QUESTION), 60)
+        response, seconds = _call(query, QueryScene.Request(question=STANDARD_QUESTION), 60)
         pair.append((bool(response is not None and response.success), seconds * 1000.0))
 
     threads = [threading.Thread(target=ask_once) for _ in range(2)]

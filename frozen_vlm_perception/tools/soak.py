@@ -27,7 +27,6 @@ import argparse
 import collections
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,14 +38,16 @@ from typing import Any
 
 import numpy as np
 
+from frozen_vlm_perception.conversions import stamp_to_ns
+from frozen_vlm_perception.questions import STANDARD_QUESTION
+from frozen_vlm_perception.tools.harness import READY_TIMEOUT_S, NodeNotReady, NodeProcess, rss_mb
+
 DEFAULT_SAMPLE_S = 5.0
 DEFAULT_QUESTION_S = 10.0
 # Second-half RSS slope above which memory counts as growing. A leak of 5 MB/min is 7 GB a day.
 DEFAULT_RSS_SLOPE_LIMIT_MB_PER_MIN = 5.0
 # Second-half median p99 over first-half median p99 above which the latency counts as creeping.
 LATENCY_GROWTH_LIMIT = 1.5
-READY_TIMEOUT_S = 240.0
-QUESTION = "What is the person doing?"
 QUESTION_TIMEOUT_S = 30.0
 MAX_NEW_TOKENS = 16
 HISTORY_SIZE = 300  # reasoning history_size (the node's default), the bound its scenes are held to
@@ -78,74 +79,6 @@ class SoakError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Processes
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of ``pid`` in MB (psutil when installed, else /proc); nan when it is gone."""
-    try:
-        import psutil
-
-        return psutil.Process(pid).memory_info().rss / 1e6
-    except ImportError:
-        pass
-    except Exception:  # psutil.NoSuchProcess and friends
-        return float("nan")
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return float("nan")
-
-
-class Child:
-    """A child Python process; its output kept (bounded) for READY and for error messages."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None):
-        self.proc = subprocess.Popen(
-            [sys.executable, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=dict(env or os.environ, PYTHONUNBUFFERED="1"),
-        )
-        self.lines: collections.deque[str] = collections.deque(maxlen=400)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(list(self.lines))
-
-    def wait_for(self, prefix: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(line.startswith(prefix) for line in list(self.lines)):
-            if self.proc.poll() is not None:
-                raise SoakError(f"the child exited with {self.proc.returncode}:\n{self.output[-3000:]}")
-            if time.monotonic() > deadline:
-                raise SoakError(f"no {prefix!r} within {timeout} s:\n{self.output[-3000:]}")
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, SIGKILL after ``timeout``; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        return self.proc.returncode
-
-
-# --------------------------------------------------------------------------------------------------
 # What this process observes over ROS
 
 
@@ -164,7 +97,7 @@ class Observer:
 
     def on_frame(self, msg) -> None:
         with self.lock:
-            self.frames[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = time.monotonic()
+            self.frames[stamp_to_ns(msg.header.stamp)] = time.monotonic()
             while len(self.frames) > 2000:  # bounded: the soak must not grow either
                 self.frames.popitem(last=False)
 
@@ -172,7 +105,7 @@ class Observer:
         now = time.monotonic()
         with self.lock:
             self.labels += 1
-            seen = self.frames.get(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+            seen = self.frames.get(stamp_to_ns(msg.header.stamp))
             if seen is not None:
                 self.latencies_ms.append((now - seen) * 1000.0)
 
@@ -413,7 +346,12 @@ def run_soak(
         params_file = params_file_from(params, tmp)
         print(f"soak: {minutes:g} min on {bag_path}, model {model_dir}", file=out, flush=True)
 
-        runner = Child(["-m", "frozen_vlm_perception.nodes.runner", "--params-file", params_file])
+        runner = NodeProcess(
+            [sys.executable, "-m", "frozen_vlm_perception.nodes.runner", "--params-file", params_file],
+            READY_LINE,
+            "the nodes",
+            keep_lines=400,
+        )
         player = None
         context = Context()
         executor = spin = None
@@ -422,7 +360,10 @@ def run_soak(
         observer = Observer()
         samples: list[dict[str, Any]] = []
         try:
-            runner.wait_for(READY_LINE, READY_TIMEOUT_S)
+            try:
+                runner.wait_ready(READY_TIMEOUT_S)
+            except NodeNotReady as err:
+                raise SoakError(str(err)) from None
             rclpy.init(args=["fvp-soak"], context=context)
             node = rclpy.create_node(f"fvp_soak_{os.getpid()}", context=context)
             node.create_subscription(Image, "/camera/image_raw", observer.on_frame, QoSProfile(depth=10))
@@ -436,12 +377,18 @@ def run_soak(
             executor.add_node(node)
             spin = threading.Thread(target=executor.spin, name="soak-executor", daemon=True)
             spin.start()
-            player = Child(["-m", "frozen_vlm_perception.nodes.player", str(bag_path), "--loop"])
+            player = NodeProcess(
+                [sys.executable, "-m", "frozen_vlm_perception.nodes.player", str(bag_path), "--loop"],
+                name="the player",
+                keep_lines=400,
+            )
 
             def ask_one() -> None:
                 observer.asked += 1
                 try:
-                    reply = query(QUESTION, timeout=QUESTION_TIMEOUT_S, max_new_tokens=MAX_NEW_TOKENS)
+                    reply = query(
+                        STANDARD_QUESTION, timeout=QUESTION_TIMEOUT_S, max_new_tokens=MAX_NEW_TOKENS
+                    )
                 except QueryError as err:
                     observer.question_failures.append(str(err))
                     return
@@ -463,16 +410,15 @@ def run_soak(
                     next_question = now + question_s
                 if now >= next_sample:
                     row = sample_row(
-                        now - start, now - last_sample, runner.proc.pid, player.proc.pid, observer
+                        now - start, now - last_sample, runner.process.pid, player.process.pid, observer
                     )
                     samples.append(row)
                     print(format_row(row), file=out, flush=True)
                     last_sample, next_sample = now, next_sample + sample_s
                 for child, name in ((runner, "nodes"), (player, "player")):
-                    if child.proc.poll() is not None:
-                        raise SoakError(
-                            f"the {name} process exited with {child.proc.returncode}:\n{child.output[-3000:]}"
-                        )
+                    code = child.process.poll()
+                    if code is not None:
+                        raise SoakError(f"the {name} process exited with {code}:\n{child.output[-3000:]}")
                 time.sleep(min(0.2, max(0.0, min(next_sample, next_question) - time.monotonic())))
         finally:
             stop_questions.set()

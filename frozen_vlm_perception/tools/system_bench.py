@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from frozen_vlm_perception.conversions import stamp_to_ns
+from frozen_vlm_perception.questions import STANDARD_QUESTION
 from frozen_vlm_perception.tools.harness import (
     READY_TIMEOUT_S,
     NodeProcess,
@@ -46,7 +48,6 @@ from frozen_vlm_perception.tools.harness import (
 )
 from frozen_vlm_perception.tools.latency_probe import SensorStream
 
-QUESTION = "What is the person doing?"
 LATENTS_KEPT = 600  # scenes kept by stamp for the reference answers (20 s at 30 Hz)
 
 
@@ -97,20 +98,16 @@ class Listener:
         node.create_subscription(ActivityLabel, "/perception/activity", self._on_label, QoSProfile(depth=50))
         node.create_subscription(SceneLatents, "/perception/latents", self._on_latents, QoSProfile(depth=50))
 
-    @staticmethod
-    def _ns(stamp) -> int:
-        return stamp.sec * 1_000_000_000 + stamp.nanosec
-
     def _on_echo(self, msg) -> None:
-        self.echoed[self._ns(msg.stamp)] = time.time()
+        self.echoed[stamp_to_ns(msg.stamp)] = time.time()
 
     def _on_label(self, msg) -> None:
-        self.labelled[self._ns(msg.header.stamp)] = time.time()
+        self.labelled[stamp_to_ns(msg.header.stamp)] = time.time()
 
     def _on_latents(self, msg) -> None:
         data = np.frombuffer(msg.data, dtype=np.float32).reshape(msg.num_latents, msg.dim).copy()
         with self._lock:
-            self.latents[self._ns(msg.header.stamp)] = data
+            self.latents[stamp_to_ns(msg.header.stamp)] = data
             while len(self.latents) > LATENTS_KEPT:
                 self.latents.popitem(last=False)
 
@@ -198,6 +195,7 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
     from frozen_vlm_perception.nodes.runner import READY_LINE
     from frozen_vlm_perception.nodes.service_call import wait_until_ready
     from frozen_vlm_perception.pipeline import PerceptionPipeline
+    from frozen_vlm_perception.tools.stamp_echo import READY_LINE as ECHO_READY_LINE
     from frozen_vlm_perception_interfaces.srv import QueryScene
 
     if pipeline is None:
@@ -229,11 +227,11 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         log(f"[bench] transport: camera -> stamp echo node, {transport_s:.0f} s ...")
         echo = NodeProcess(
             [sys.executable, "-m", "frozen_vlm_perception.tools.stamp_echo"],
-            "stamp_echo: ready",
+            ECHO_READY_LINE,
             "the stamp echo node",
         )
         children.append(echo)
-        echo.wait_ready(60.0)
+        echo.wait_ready(settings.ready_timeout_s)
         time.sleep(settings.warmup_s)
         t0 = time.time()
         time.sleep(transport_s)
@@ -261,7 +259,7 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
             log(f"[bench] questions back to back through /reasoning/query for {answering_s:.0f} s "
                 f"(at least {settings.questions}) while the sensors stream")
             while len(answers) < settings.questions or time.time() - t1 < answering_s:
-                answers.append(_ask(query, QUESTION, settings.max_new_tokens))
+                answers.append(_ask(query, STANDARD_QUESTION, settings.max_new_tokens))
             t2 = time.time()
             result["labels_while_answering"] = _latency_between(stream.stamps(), listener.labelled, t1, t2)
             result["labels_while_answering"]["perception_node"] = listener.perception_between(t1, t2)
@@ -324,11 +322,10 @@ def _answer_entry(response, round_trip_ms: float) -> dict[str, Any]:
     elif not response.success:
         entry["message"] = response.message
     else:
-        stamp = response.scene_stamp
         entry.update(
             answer=response.answer,
             server_latency_ms=1000.0 * response.latency,
-            stamp_ns=stamp.sec * 1_000_000_000 + stamp.nanosec,
+            stamp_ns=stamp_to_ns(response.scene_stamp),
         )
     return entry
 
@@ -337,13 +334,15 @@ def _generate_reference(settings: SystemSettings, pipeline, entries, listener: L
     """The frozen LM on the very latents each service answer used: adds ``raw_generate_<condition>_ms``."""
     import torch
 
-    pipeline.language.generate(None, QUESTION, max_new_tokens=4)  # warm-up
+    pipeline.language.generate(None, STANDARD_QUESTION, max_new_tokens=4)  # warm-up
     for entry in entries:
         latents = listener.latents_at(entry["stamp_ns"]) if entry["success"] else None
         if latents is None:
             continue
         generation = pipeline.language.generate(
-            torch.from_numpy(latents).to(pipeline.device), QUESTION, max_new_tokens=settings.max_new_tokens
+            torch.from_numpy(latents).to(pipeline.device),
+            STANDARD_QUESTION,
+            max_new_tokens=settings.max_new_tokens,
         )
         entry[f"raw_generate_{condition}_ms"] = 1000.0 * generation.seconds
         entry["tokens"] = generation.num_tokens

@@ -6,8 +6,6 @@ Every wait is bounded; ChildProcess.stop() always ends the child (SIGTERM, then 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -15,49 +13,20 @@ from collections.abc import Callable
 from typing import Any
 
 from frozen_vlm_perception.nodes.runner import READY_LINE
+from frozen_vlm_perception.tools.harness import READY_TIMEOUT_S, NodeProcess
 
-READY_TIMEOUT_S = 180.0
 
+class ChildProcess(NodeProcess):
+    """A child Python process, through the tools' harness (frozen_vlm_perception/tools/harness.py), with
+    every line of its output kept (``lines``, ``output``) for READY and for failures."""
 
-class ChildProcess:
-    """A child Python process whose output is collected line by line (for READY and for failures)."""
-
-    def __init__(self, args: list[str]):
-        self.proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
+    def __init__(self, args: list[str], ready_line: str = READY_LINE):
+        name = f"the child ({' '.join(args[:2])})"
+        super().__init__([sys.executable, *args], ready_line, name, keep_lines=None)
 
     @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_line(self, prefix: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(line.startswith(prefix) for line in self.lines):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"child exited with {self.proc.returncode}:\n{self.output[-4000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {prefix!r} within {timeout} s:\n{self.output[-4000:]}")
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then SIGKILL after ``timeout``; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        return self.proc.returncode
+    def proc(self):
+        return self.process
 
 
 def start_runner(tmp_path, params: dict[str, Any], *extra: str) -> ChildProcess:
@@ -67,7 +36,7 @@ def start_runner(tmp_path, params: dict[str, Any], *extra: str) -> ChildProcess:
     params_file = params_file_from(params, str(tmp_path))
     child = ChildProcess(["-m", "frozen_vlm_perception.nodes.runner", "--params-file", params_file, *extra])
     try:
-        child.wait_for_line(READY_LINE, READY_TIMEOUT_S)
+        child.wait_ready(READY_TIMEOUT_S)
     except BaseException:
         child.stop()
         raise

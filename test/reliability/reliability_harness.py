@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from node_harness import READY_TIMEOUT_S, ChildProcess
 
-from frozen_vlm_perception.nodes.runner import READY_LINE, params_file_from
+from frozen_vlm_perception.nodes.runner import params_file_from
 
 MAX_NEW_TOKENS = 12  # short answers keep the tests fast
 RUNNER = ["-m", "frozen_vlm_perception.nodes.runner"]
@@ -37,7 +37,7 @@ def start_children(*argvs: list[str]) -> list[ChildProcess]:
     children = [ChildProcess(argv) for argv in argvs]
     try:
         for child in children:
-            child.wait_for_line(READY_LINE, READY_TIMEOUT_S)
+            child.wait_ready(READY_TIMEOUT_S)
     except BaseException:
         for child in children:
             child.stop()

@@ -32,11 +32,11 @@ import numpy as np
 
 from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS
 from frozen_vlm_perception.data.bags import read_paired_samples
+from frozen_vlm_perception.data.config import DataConfig
 from frozen_vlm_perception.evaluation import qa as qa_eval
 from frozen_vlm_perception.evaluation.metrics import accuracy, macro_f1
 from frozen_vlm_perception.questions import FAMILIES, FAMILY_NAMES, wordings
 from frozen_vlm_perception.tools.harness import percentiles
-from frozen_vlm_perception.training.config import DataConfig
 
 STAMP_TOLERANCE_NS = 1_000_000  # a label's stamp is the frame's, exactly; 1 ms covers float round trips
 QUESTION_TIMEOUT_S = 60.0

@@ -6,7 +6,7 @@
 
 Modules: config (settings dataclasses), dataset (DataLoader samples and the train/val split over
 the embedding cache), losses (InfoNCE, CE, retrieval recall), templates (questions/answers shared
-with evaluation), distributed (DDP helpers), common (LR schedule, early stopping, reports, plots),
-cli_args (argparse helpers). What training shares with evaluation (DataConfig, the recording flags,
-the embedding cache) lives in ``frozen_vlm_perception.data``.
+with evaluation), distributed (DDP helpers), common (LR schedule, early stopping, progress bars and
+console lines, reports, plots), cli_args (argparse helpers). What training shares with evaluation
+(DataConfig, the recording flags, the embedding cache) lives in ``frozen_vlm_perception.data``.
 """

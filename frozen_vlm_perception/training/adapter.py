@@ -60,14 +60,16 @@ from frozen_vlm_perception.questions import (
     scene_caption,
 )
 from frozen_vlm_perception.training import distributed
-from frozen_vlm_perception.training.align import _data_record, _progress, _say
 from frozen_vlm_perception.training.common import (
     EarlyStopping,
     History,
     adamw,
+    data_record,
     lr_at,
     plot_history,
+    progress_bar,
     run_record,
+    say,
     set_lr,
     set_seed,
     update_report,
@@ -172,7 +174,7 @@ def train_adapter(
     history = History()
     stopper = EarlyStopping(train.patience, higher_is_better=ADAPTER_MONITORS[train.monitor])
     best: dict[str, Any] = {}
-    _say(
+    say(
         ctx,
         f"stage 2 (adapter, {config.adapter.kind}): {len(train_set)} training / {len(val_set)} validation "
         f"samples, batch {loader.batch_size} x {ctx.world_size}, up to {total_steps} steps, on {ctx.device}",
@@ -185,7 +187,7 @@ def train_adapter(
         record["val_seconds"] = time.perf_counter() - started
         history.evals.append(record)
         improved = stopper.step(record[train.monitor])
-        _say(ctx, _eval_line(record, improved, train.monitor))
+        say(ctx, _eval_line(record, improved, train.monitor))
         if improved:
             best.update(state=copy.deepcopy(_trainable_state(scene_model)), metrics=dict(record))
         return ctx.broadcast_bool(stopper.should_stop)
@@ -196,14 +198,14 @@ def train_adapter(
         started = time.perf_counter()
         caption = caption_warm_start(model, optimizer, loader, task, train, config, rng, ctx.device)
         history.steps.extend(caption)
-        _say(
+        say(
             ctx,
             f"caption warm start: {len(caption)} steps in {time.perf_counter() - started:.1f} s, "
             f"caption loss {caption[0]['caption']:.3f} -> {caption[-1]['caption']:.3f}",
         )
         stop = validate({"step": 0, "epoch": 0, "lr": 0.0, "after_caption_steps": float(len(caption))})
     step = 0
-    bar = _progress(range(total_steps), show, "adapter")
+    bar = progress_bar(range(total_steps), show, "adapter")
     for epoch in range(train.epochs):
         if stop or step >= total_steps:
             break
@@ -223,7 +225,7 @@ def train_adapter(
             if step % val_every == 0 or step == total_steps:
                 stop = validate({"step": step, "epoch": epoch + 1, "lr": lr, **_recent(history, val_every)})
                 if stop:
-                    _say(
+                    say(
                         ctx, f"early stop: {train.monitor} has not improved for {train.patience} validations"
                     )
             if stop or step >= total_steps:
@@ -233,7 +235,7 @@ def train_adapter(
     scene_model.load_state_dict(best["state"], strict=False)
     # The fixed alpha is chosen on the validation data (a gate, if any, is kept and scored beside it).
     fusion_record = choose_fusion(scene_model, val_set, list(config.labels), ctx.device)
-    _say(ctx, "fusion weight on the validation data:\n" + sweep_table(fusion_record))
+    say(ctx, "fusion weight on the validation data:\n" + sweep_table(fusion_record))
     config = scene_model.config
     frozen_ok = _same_state(frozen_imu, scene_model.imu_encoder.state_dict())
     if not frozen_ok:  # cannot happen unless someone unfreezes it; never ship a silently changed encoder
@@ -640,7 +642,7 @@ def _report(train, data, train_set, val_set, history, best, ctx, args, model_dir
         "stage": STAGE,
         "run": run_record(args),
         "settings": asdict(train),
-        "data": _data_record(data, train_set, val_set),
+        "data": data_record(data, train_set, val_set),
         "from_model": str(model_dir),
         "best": best,
         "evals": history.evals,

@@ -48,10 +48,13 @@ from frozen_vlm_perception.training.common import (
     EarlyStopping,
     History,
     adamw,
+    data_record,
     language_hidden_size,
     lr_at,
     plot_history,
+    progress_bar,
     run_record,
+    say,
     set_lr,
     set_seed,
     update_report,
@@ -155,7 +158,7 @@ def train_align(
     history = History()
     stopper = EarlyStopping(train.patience, higher_is_better=ALIGN_MONITORS[train.monitor])
     best: dict[str, Any] = {}
-    _say(
+    say(
         ctx,
         f"stage 1 (align): {len(train_set)} training / {len(val_set)} validation samples, "
         f"batch {batch_size} x {ctx.world_size} process(es), {len(loader)} steps per epoch, "
@@ -167,7 +170,7 @@ def train_align(
         record.update(evaluate_alignment(aligner, val_set, model_config.labels, train, ctx))
         history.evals.append(record)
         improved = stopper.step(record[train.monitor])
-        _say(ctx, _epoch_line(record, improved, train.monitor))
+        say(ctx, _epoch_line(record, improved, train.monitor))
         if improved:
             best.update(state=copy.deepcopy(aligner.imu_encoder.state_dict()), metrics=dict(record))
         return ctx.broadcast_bool(stopper.should_stop)
@@ -181,7 +184,7 @@ def train_align(
             loader.sampler.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
-        bar = _progress(loader, show, f"align epoch {epoch + 1}/{train.epochs}")
+        bar = progress_bar(loader, show, f"align epoch {epoch + 1}/{train.epochs}")
         for batch in bar:
             lr = lr_at(step, base_lr=train.lr, warmup_steps=train.warmup_steps, total_steps=total_steps)
             set_lr(optimizer, lr)
@@ -195,7 +198,7 @@ def train_align(
         train_means = ctx.mean({f"train_{k}": v / max(1, len(loader)) for k, v in sums.items()})
         seconds = time.perf_counter() - epoch_start  # the epoch's training steps, validation not included
         if validate({"epoch": epoch + 1, "step": step, "lr": lr, "seconds": seconds, **train_means}):
-            _say(ctx, f"early stop: {train.monitor} has not improved for {train.patience} epochs")
+            say(ctx, f"early stop: {train.monitor} has not improved for {train.patience} epochs")
             break
 
     aligner.imu_encoder.load_state_dict(best["state"])
@@ -352,20 +355,6 @@ def _cat(parts: list[Tensor], index: Tensor, width: int) -> Tensor:
     return torch.cat(parts) if parts else torch.zeros(len(index), width)
 
 
-def _progress(loader, show: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(loader, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
-
-
-def _say(ctx: distributed.DistContext, message: str) -> None:
-    """One line on rank 0's stdout (through tqdm, so it does not tear a progress bar)."""
-    if ctx.is_main:
-        from tqdm.auto import tqdm
-
-        tqdm.write(message)
-
-
 def _epoch_line(record: dict[str, float], improved: bool, monitor: str) -> str:
     return (
         f"epoch {record['epoch']:3d}  loss {record.get('train_loss', float('nan')):.4f}  "
@@ -381,37 +370,12 @@ def _report(train, data, train_set, val_set, history, best, ctx, args) -> dict[s
         "stage": STAGE,
         "run": run_record(args),
         "settings": asdict(train),
-        "data": _data_record(data, train_set, val_set),
+        "data": data_record(data, train_set, val_set),
         "best": best,
         "epochs": history.evals,
         "steps": history.steps,
         "seconds": time.time() - history.started,
         "world_size": ctx.world_size,
-    }
-
-
-def _data_record(data: DataConfig, train_set: EmbeddingSet, val_set: EmbeddingSet) -> dict[str, Any]:
-    def counts(e: EmbeddingSet) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for lid in e.label_id.tolist():
-            name = e.label_names[lid] if lid >= 0 else "(none)"
-            out[name] = out.get(name, 0) + 1
-        return out
-
-    return {
-        "config": asdict(data),
-        "train": {
-            "samples": len(train_set),
-            "labels": counts(train_set),
-            "cache_key": train_set.info.get("key"),
-            "drops": train_set.info.get("drops"),
-        },
-        "val": {
-            "samples": len(val_set),
-            "labels": counts(val_set),
-            "cache_key": val_set.info.get("key"),
-            "drops": val_set.info.get("drops"),
-        },
     }
 
 

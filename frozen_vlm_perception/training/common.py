@@ -1,4 +1,5 @@
-"""Small pieces both training stages use: seeding, the LR schedule, early stopping, reports, plots."""
+"""Small pieces both training stages use: seeding, the LR schedule, early stopping, progress bars and
+console lines, reports, plots."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ import numpy as np
 import torch
 
 from frozen_vlm_perception.config import LanguageConfig
+from frozen_vlm_perception.data.config import DataConfig
+from frozen_vlm_perception.data.embeddings import EmbeddingSet
 from frozen_vlm_perception.paths import make_readable
+from frozen_vlm_perception.training.distributed import DistContext
 
 REPORT_FILE = "train_report.json"
 
@@ -82,6 +86,49 @@ class History:
     steps: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+
+
+def progress_bar(iterable, show: bool, desc: str):
+    """A tqdm progress bar over ``iterable`` that disappears when done; ``show`` false: none drawn."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
+
+
+def say(ctx: DistContext, message: str) -> None:
+    """One line on rank 0's stdout (through tqdm, so it does not tear a progress bar)."""
+    if ctx.is_main:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+
+
+def data_record(data: DataConfig, train_set: EmbeddingSet, val_set: EmbeddingSet) -> dict[str, Any]:
+    """The report's "data" entry: the DataConfig, and for the train and the validation set their
+    sample count, samples per label ("(none)": unlabelled), cache key and dropped messages."""
+
+    def counts(e: EmbeddingSet) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for lid in e.label_id.tolist():
+            name = e.label_names[lid] if lid >= 0 else "(none)"
+            out[name] = out.get(name, 0) + 1
+        return out
+
+    return {
+        "config": asdict(data),
+        "train": {
+            "samples": len(train_set),
+            "labels": counts(train_set),
+            "cache_key": train_set.info.get("key"),
+            "drops": train_set.info.get("drops"),
+        },
+        "val": {
+            "samples": len(val_set),
+            "labels": counts(val_set),
+            "cache_key": val_set.info.get("key"),
+            "drops": val_set.info.get("drops"),
+        },
+    }
 
 
 def language_hidden_size(config: LanguageConfig) -> int:

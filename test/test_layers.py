@@ -143,3 +143,27 @@ def test_only_the_cli_and_eval_through_ros_import_the_tools():
             continue
         used = imports & tools
         assert used <= allowed.get(name, set()), f"{name} imports {sorted(used)}"
+
+
+def in_package(graph: dict[str, set[str]], name: str) -> set[str]:
+    return {m for m in graph if m == f"{ROOT}.{name}" or m.startswith(f"{ROOT}.{name}.")}
+
+
+def test_evaluation_reaches_no_training_module():
+    """Training and evaluation share their data and task code through data/ (DataConfig, the recording
+    flags, the embedding cache); evaluation runs no training code."""
+    graph = import_graph()
+    training = in_package(graph, "training")
+    assert f"{ROOT}.training.align" in training and f"{ROOT}.evaluation.evaluate" in graph
+    for module in sorted(in_package(graph, "evaluation")):
+        reached = reached_from(graph, module) & training
+        assert not reached, f"{module} reaches {sorted(reached)}"
+
+
+def test_data_reaches_no_layer_above_it():
+    graph = import_graph()
+    above = set().union(*(in_package(graph, p) for p in ("training", "evaluation", "nodes", "tools", "cli")))
+    assert f"{ROOT}.data.embeddings" in graph
+    for module in sorted(in_package(graph, "data")):
+        reached = reached_from(graph, module) & above
+        assert not reached, f"{module} reaches {sorted(reached)}"

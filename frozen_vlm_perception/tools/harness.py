@@ -133,6 +133,16 @@ def peak_rss_mb(pid: int | str = "self") -> float | None:
     return None if kb is None else kb / 1024.0
 
 
+def cpu_seconds(pid: int | str = "self") -> float | None:
+    """CPU time (user + system, all threads) ``pid`` has used so far (Linux /proc), None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # After "pid (comm)": state is field 3 of proc(5), utime 14 and stime 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of ``pid`` in MB (psutil when installed, else /proc); nan when it is gone."""
     try:

@@ -42,6 +42,7 @@ from frozen_vlm_perception.questions import STANDARD_QUESTION
 from frozen_vlm_perception.tools.harness import (
     READY_TIMEOUT_S,
     NodeProcess,
+    cpu_seconds,
     peak_rss_mb,
     percentiles,
     runner_command,
@@ -138,6 +139,27 @@ class Listener:
     def latents_at(self, stamp_ns: int) -> np.ndarray | None:
         with self._lock:
             return self.latents.get(stamp_ns)
+
+
+class _CpuMeter:
+    """CPU each process used between laps, in % of one core, and the machine's ``cores`` (so 200 on
+    a busy 2-core machine). Linux /proc; empty where it cannot be read."""
+
+    def __init__(self, pids: dict[str, int | str]):
+        self._pids = pids
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, dict[str, float | None]]:
+        return time.monotonic(), {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+
+    def lap(self) -> dict[str, float]:
+        (t0, before), (t1, after) = self._start, self._read()
+        self._start = (t1, after)
+        out = {name: 100.0 * (after[name] - before[name]) / (t1 - t0)
+               for name in self._pids if before[name] is not None and after[name] is not None}
+        if out:
+            out["cores"] = float(os.cpu_count() or 1)
+        return out
 
 
 def _latency_between(
@@ -248,11 +270,15 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
         if settings.questions and not wait_until_ready(query.service_is_ready, time.monotonic() + 30.0):
             raise RuntimeError("the reasoning node's /reasoning/query service did not appear")
         time.sleep(settings.warmup_s)
+        processes = {"perception_node": perception.process.pid, "reasoning_node": reasoning.process.pid,
+                     "bench_process": "self"}
+        cpu = _CpuMeter(processes)
         t0 = time.time()
         time.sleep(settings.seconds)
         t1 = time.time()
         result["labels"] = _latency_between(stream.stamps(), listener.labelled, t0, t1, windows=5)
         result["labels"]["perception_node"] = listener.perception_between(t0, t1)
+        result["labels"]["cpu_percent"] = cpu.lap()
         answers: list[tuple[Any, float]] = []
         if settings.questions:
             answering_s = settings.seconds if settings.answering_s is None else settings.answering_s
@@ -264,6 +290,7 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
             result["labels_while_answering"] = _latency_between(stream.stamps(), listener.labelled, t1, t2)
             result["labels_while_answering"]["perception_node"] = listener.perception_between(t1, t2)
             result["labels_while_answering"]["answers"] = len(answers)
+            result["labels_while_answering"]["cpu_percent"] = cpu.lap()
         result["peak_rss_mb"].update(
             perception_node=perception.peak_rss_mb(), reasoning_node=reasoning.peak_rss_mb()
         )
@@ -401,6 +428,15 @@ def format_system(result: dict[str, Any]) -> str:
     encode = result["reference"]["encode_ms"]
     rows.append(["pipeline encode (in process, quiet)", "-", encode["p50"], encode["p99"], encode["max"]])
     lines.append(format_table(["path", "frames", "p50 ms", "p99 ms", "max ms"], rows))
+    shares = [(name, result[key]["cpu_percent"]) for name, key in paths[1:]
+              if result.get(key, {}).get("cpu_percent")]
+    if shares:
+        cores = int(shares[0][1]["cores"])
+        lines.append(f"\n## CPU per process (% of one core; the machine has {cores})\n")
+        names = [n for n in shares[0][1] if n != "cores"]
+        rows = [[name.split(", ")[-1], *(d.get(n, nan) for n in names), sum(d.get(n, 0.0) for n in names)]
+                for name, d in shares]
+        lines.append(format_table(["phase", *names, "together"], rows))
     inside = [(name, result[key]["perception_node"]) for name, key in paths[1:]
               if result.get(key, {}).get("perception_node", {}).get("periods")]
     if inside:

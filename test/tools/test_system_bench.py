@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from frozen_vlm_perception.nodes.common import DEFAULT_MODEL_DIR, resolve_model_dir
+from frozen_vlm_perception.paths import DEFAULT_MODEL_DIR, resolve_model_dir
 from frozen_vlm_perception.tools.system_bench import SystemSettings, format_system, measure_system
 
 
@@ -47,6 +47,10 @@ def test_system_bench_measures_every_phase(ros_env, torch_threads):
         assert 0 < inside["latency_ms_p50"] <= inside["latency_ms_max"], phase
         assert inside["gc_collections"] >= inside["gc_full_collections"] >= 0, phase
     assert result["labels_while_answering"]["answers"] >= 1
+    for phase in ("labels", "labels_while_answering"):
+        cpu = result[phase]["cpu_percent"]
+        assert cpu["perception_node"] > 1.0 and cpu["bench_process"] > 1.0, cpu  # both were working
+        assert sum(v for k, v in cpu.items() if k != "cores") <= 100 * cpu["cores"] * 1.1, cpu
     idle, answering = result["labels"], result["labels_while_answering"]
     comparison = result["answering_vs_idle"]
     assert comparison["p99_ratio"] == answering["latency_ms"]["p99"] / idle["latency_ms"]["p99"]
@@ -54,4 +58,4 @@ def test_system_bench_measures_every_phase(ros_env, torch_threads):
         100 * (idle["share_received"] - answering["share_received"]))
     text = format_system(result)
     assert "ros_overhead_ratio" in text and "answering vs idle: p99_ratio" in text
-    assert "Inside the perception node" in text
+    assert "Inside the perception node" in text and "CPU per process" in text

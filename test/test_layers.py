@@ -122,7 +122,8 @@ def reached_from(graph: dict[str, set[str]], start: str) -> set[str]:
 def test_the_robot_nodes_import_no_measuring_tool():
     graph = import_graph()
     nodes = sorted(m for m in graph if m.startswith(f"{ROOT}.nodes."))
-    robot = ("perception_node", "reasoning_node", "common", "runner", "player", "query_client", "gc_pauses")
+    robot = ("perception_node", "reasoning_node", "parameters", "lifecycle", "qos", "diagnostics", "device",
+             "ros_domain", "runner", "player", "query_client", "gc_pauses")
     assert {f"{ROOT}.nodes.{n}" for n in robot} <= set(nodes)  # the walk sees them
     tools = {m for m in graph if m.startswith((f"{ROOT}.tools", f"{ROOT}.evaluation", f"{ROOT}.training"))}
     tools |= {f"{ROOT}.cli"}

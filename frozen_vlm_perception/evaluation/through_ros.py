@@ -110,8 +110,8 @@ def evaluate_through_ros(
     from sensor_msgs.msg import Image
 
     from frozen_vlm_perception.conversions import stamp_to_ns
-    from frozen_vlm_perception.nodes.common import default_ros_domain
     from frozen_vlm_perception.nodes.player import play_bag
+    from frozen_vlm_perception.nodes.ros_domain import default_ros_domain
     from frozen_vlm_perception.nodes.runner import READY_LINE
     from frozen_vlm_perception.tools.harness import READY_TIMEOUT_S, NodeProcess, runner_command
     from frozen_vlm_perception_interfaces.msg import ActivityLabel

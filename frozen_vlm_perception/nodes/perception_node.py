@@ -76,34 +76,30 @@ from frozen_vlm_perception.conversions import (
     stamp_to_seconds,
     to_time_msg,
 )
-from frozen_vlm_perception.nodes.common import (
-    AUTO_QOS_CHECK_S,
-    DEFAULT_MODEL_DIR,
-    RELIABILITY_AUTO,
-    SUBSCRIPTION_RELIABILITY_CHOICES,
-    Counters,
-    FollowingSubscription,
+from frozen_vlm_perception.nodes.device import free_cuda_cache, is_out_of_memory
+from frozen_vlm_perception.nodes.diagnostics import Counters, delta, diagnostic_array
+from frozen_vlm_perception.nodes.gc_pauses import GcPauses
+from frozen_vlm_perception.nodes.lifecycle import TeardownReleases, log_transition_errors, spin_lifecycle_main
+from frozen_vlm_perception.nodes.parameters import (
     ParamSpec,
-    TeardownReleases,
     apply_torch_threads,
     check_topic_names,
     dataclass_specs,
     declare_parameters,
-    delta,
-    diagnostic_array,
-    free_cuda_cache,
-    is_out_of_memory,
-    log_transition_errors,
     parameter_values,
-    resolve_model_dir,
     section,
-    spin_lifecycle_main,
     torch_threads_spec,
 )
-from frozen_vlm_perception.nodes.gc_pauses import GcPauses
+from frozen_vlm_perception.nodes.qos import (
+    AUTO_QOS_CHECK_S,
+    RELIABILITY_AUTO,
+    SUBSCRIPTION_RELIABILITY_CHOICES,
+    FollowingSubscription,
+)
 from frozen_vlm_perception.overlay import DEFAULT_SCALE as OVERLAY_DEFAULT_SCALE
 from frozen_vlm_perception.overlay import SCALE_RANGE as OVERLAY_SCALE_RANGE
 from frozen_vlm_perception.overlay import OverlayText, render_overlay
+from frozen_vlm_perception.paths import DEFAULT_MODEL_DIR, resolve_model_dir
 from frozen_vlm_perception.sync import ImuBuffer, WindowUnavailable
 from frozen_vlm_perception_interfaces.msg import ActivityLabel, AnsweredQuestion, SceneLatents
 

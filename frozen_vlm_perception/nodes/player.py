@@ -80,7 +80,7 @@ def play_bag(
     from rclpy.qos import QoSProfile
     from rosgraph_msgs.msg import Clock
 
-    from frozen_vlm_perception.nodes.common import install_stop_handlers, restore_signal_handlers
+    from frozen_vlm_perception.nodes.lifecycle import install_stop_handlers, restore_signal_handlers
 
     if not rate > 0:
         raise ValueError(f"rate must be positive, got {rate}")

@@ -58,24 +58,18 @@ from std_msgs.msg import String
 from frozen_vlm_perception.answers import Grounding, check_grounding
 from frozen_vlm_perception.config import LanguageConfig
 from frozen_vlm_perception.conversions import stamp_to_ns
-from frozen_vlm_perception.nodes.common import (
-    DEFAULT_MODEL_DIR,
-    Counters,
+from frozen_vlm_perception.nodes.device import free_cuda_cache, is_out_of_memory
+from frozen_vlm_perception.nodes.diagnostics import Counters, delta, diagnostic_array
+from frozen_vlm_perception.nodes.lifecycle import TeardownReleases, log_transition_errors, spin_lifecycle_main
+from frozen_vlm_perception.nodes.parameters import (
     ParamSpec,
-    TeardownReleases,
     apply_torch_threads,
     check_topic_names,
     declare_parameters,
-    delta,
-    diagnostic_array,
-    free_cuda_cache,
-    is_out_of_memory,
-    log_transition_errors,
     parameter_values,
-    resolve_model_dir,
-    spin_lifecycle_main,
     torch_threads_spec,
 )
+from frozen_vlm_perception.paths import DEFAULT_MODEL_DIR, resolve_model_dir
 from frozen_vlm_perception.pipeline import Scene
 from frozen_vlm_perception_interfaces.action import AskScene
 from frozen_vlm_perception_interfaces.msg import ActivityLabel, AnsweredQuestion, SceneLatents

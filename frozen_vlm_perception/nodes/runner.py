@@ -95,12 +95,8 @@ def run_nodes(
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    from frozen_vlm_perception.nodes.common import (
-        ParameterError,
-        bring_up,
-        install_stop_handlers,
-        restore_signal_handlers,
-    )
+    from frozen_vlm_perception.nodes.lifecycle import bring_up, install_stop_handlers, restore_signal_handlers
+    from frozen_vlm_perception.nodes.parameters import ParameterError
 
     unknown = [n for n in nodes if n not in NODE_NAMES]
     if unknown or not nodes:
@@ -197,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def main_run(args: argparse.Namespace, ros_args: Sequence[str] = ()) -> int:
     """``fvp run``: args.params (or params_file; default the shipped config/perception.yaml), and
     optionally nodes and namespace."""
-    from frozen_vlm_perception.nodes.common import package_file
+    from frozen_vlm_perception.paths import package_file
 
     params = getattr(args, "params", None) or getattr(args, "params_file", None)
     if params is None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from frozen_vlm_perception.config import ModelConfig
-from frozen_vlm_perception.paths import MODEL_CONFIG_FILE, default_model_dir
+from frozen_vlm_perception.paths import MODEL_CONFIG_FILE, default_model_dir, package_file
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.questions import STANDARD_QUESTION
 from frozen_vlm_perception.tables import format_table
@@ -326,7 +326,7 @@ def run_system(args: argparse.Namespace, pipeline: PerceptionPipeline, source: s
     """The nodes against a live sensor stream (system_bench); needs a model folder the nodes can load."""
     import tempfile
 
-    from frozen_vlm_perception.nodes.common import default_ros_domain
+    from frozen_vlm_perception.nodes.ros_domain import default_ros_domain
     from frozen_vlm_perception.tools.system_bench import SystemSettings, format_system, measure_system
 
     default_ros_domain()
@@ -356,7 +356,6 @@ def shipped_torch_threads() -> int:
     """The nodes' ``torch_threads`` in the shipped config/perception.yaml (what `fvp run` uses)."""
     import yaml
 
-    from frozen_vlm_perception.nodes.common import package_file
     from frozen_vlm_perception.nodes.runner import DEFAULT_PARAMS_FILE
 
     document = yaml.safe_load(package_file(DEFAULT_PARAMS_FILE).read_text())

@@ -186,7 +186,7 @@ def run_demo(args: argparse.Namespace) -> int:
     bag = ensure_demo_bag(args.bag)
     manifest = read_demo_manifest(bag)
     truth = truth_lookup(manifest)
-    from frozen_vlm_perception.nodes.common import default_ros_domain
+    from frozen_vlm_perception.nodes.ros_domain import default_ros_domain
 
     default_ros_domain()
 

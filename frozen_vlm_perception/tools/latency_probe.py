@@ -47,7 +47,7 @@ from frozen_vlm_perception.tools.harness import READY_TIMEOUT_S, NodeProcess, pe
 
 def ensure_model(model_dir: str | None, tmp: str) -> str:
     """``model_dir``, else the shipped models/demo, else a freshly initialised model (same compute cost)."""
-    from frozen_vlm_perception.nodes.common import DEFAULT_MODEL_DIR, resolve_model_dir
+    from frozen_vlm_perception.paths import DEFAULT_MODEL_DIR, resolve_model_dir
 
     try:
         return str(resolve_model_dir(model_dir or DEFAULT_MODEL_DIR))

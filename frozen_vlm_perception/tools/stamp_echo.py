@@ -13,13 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from frozen_vlm_perception.nodes.common import (
-    RELIABILITY_CHOICES,
-    ParamSpec,
-    declare_parameters,
-    parameter_values,
-    qos_profile,
-)
+from frozen_vlm_perception.nodes.parameters import ParamSpec, declare_parameters, parameter_values
+from frozen_vlm_perception.nodes.qos import RELIABILITY_CHOICES, qos_profile
 
 NODE_NAME = "stamp_echo"
 READY_LINE = "stamp_echo: ready"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from frozen_vlm_perception.evaluation.through_ros import Observed, Truth, score
-from frozen_vlm_perception.nodes.common import DEFAULT_MODEL_DIR, resolve_model_dir
+from frozen_vlm_perception.paths import DEFAULT_MODEL_DIR, resolve_model_dir
 from frozen_vlm_perception.questions import FAMILY_NAMES
 
 LABELS = ("walking", "standing", "sitting")

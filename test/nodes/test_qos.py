@@ -15,7 +15,7 @@ import yaml
 from node_harness import RosClient, start_runner
 
 from frozen_vlm_perception.nodes import perception_node
-from frozen_vlm_perception.nodes.common import RELIABILITY_AUTO, resolve_reliability
+from frozen_vlm_perception.nodes.qos import RELIABILITY_AUTO, resolve_reliability
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "perception: perception"  # the status name in /diagnostics

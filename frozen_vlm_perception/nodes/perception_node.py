@@ -276,7 +276,7 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
             AnsweredQuestion, values["overlay.answers_topic"], self._on_answered, 10)
         # Diagnostics are an ordinary publisher: an inactive node still says that it is inactive.
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        # Reliability 'auto' follows the publishers on the topic (nodes/common.py FollowingSubscription).
+        # Reliability 'auto' follows the publishers on the topic (nodes/qos.py FollowingSubscription).
         self._sub_camera = FollowingSubscription(
             self, Image, values["camera.topic"], self._on_image, values["camera.qos_depth"],
             values["camera.qos_reliability"], "camera.qos_reliability", on_lost=self._lost_counter("camera"),

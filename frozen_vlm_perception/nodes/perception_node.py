@@ -120,7 +120,7 @@ _SYNC_DOCS = {
 # Subscription QoS defaults. Reliability auto: best effort when a publisher on the topic is best
 # effort (SensorDataQoS drivers; a reliable subscription would receive nothing from them), reliable
 # otherwise, since over loopback best-effort lost about 30% of 900 KB images (resolve_reliability in
-# nodes/common.py; followed while the node runs). Camera depth 2: the mailbox keeps only the newest
+# nodes/qos.py; followed while the node runs). Camera depth 2: the mailbox keeps only the newest
 # frame anyway, a deeper DDS queue would only hold frames that are superseded on arrival. IMU depth
 # 100 (0.5 s at 200 Hz): an executor hiccup must not lose samples, every one of them is used.
 PARAMS: list[ParamSpec] = [

@@ -134,6 +134,9 @@ class Listener:
             seen = [v[key] for v in periods if key in v]
             if seen:
                 out[key.removeprefix("period_")] = float(how(seen))
+        for key in sorted({k for v in periods for k in v if k.startswith("period_stage_ms_mean:")}):
+            seen = [v[key] for v in periods if key in v]  # per labelled frame, each period's mean
+            out[key.removeprefix("period_")] = float(np.mean(seen))
         return out
 
     def latents_at(self, stamp_ns: int) -> np.ndarray | None:

@@ -503,6 +503,8 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         if pipeline is None:
             return
         stamp = msg.header.stamp
+        node_ms: dict[str, float] = {}  # the worker's own steps around the pipeline, for /diagnostics
+        started = time.perf_counter()
         frame = None
         if fusion.mode != "imu":
             try:
@@ -510,9 +512,12 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
             except ConversionError as err:
                 self._drop(f"camera:{err.reason}", str(err))
                 return
+        node_ms["node:convert"] = (time.perf_counter() - started) * 1000.0
         window = None
         if fusion.mode != "vision":
+            started = time.perf_counter()
             window, reason = self._imu_window(stamp_to_seconds(stamp), stop)
+            node_ms["node:imu_window"] = (time.perf_counter() - started) * 1000.0
             if window is None:
                 if fusion.mode == "imu":
                     self._drop(f"imu_window:{reason}")
@@ -526,9 +531,11 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
         )
         if stop.is_set():
             return  # deactivating: the lifecycle publishers are about to be disabled
+        started = time.perf_counter()
         self._publish(msg.header, scene, window)
+        node_ms["node:publish"] = (time.perf_counter() - started) * 1000.0
         with self._stats_lock:
-            for name, ms in scene.timings_ms.items():
+            for name, ms in (*scene.timings_ms.items(), *node_ms.items()):
                 self._stage_ms[name] = self._stage_ms.get(name, 0.0) + ms
             self._latency_ms.append((time.perf_counter() - received) * 1000.0)
             if scene.source == "fused":

@@ -198,6 +198,11 @@ class SyncConfig:
 
     buffer_s: float = 10.0  # IMU history kept (bounded in time)
     max_wait_s: float = 0.05  # how long a frame waits for IMU samples up to its stamp
+    # The newest IMU sample may be this much older than the frame; its value is held up to the frame's
+    # stamp. 20 ms is one row of the 50 Hz window, so at most the last row is held. Without it every
+    # frame waited for the IMU sample that follows it: 8-16 ms per frame on the 2-core bench
+    # (docs/BENCHMARKS.md), the largest step of the worker after the vision network.
+    max_lag_s: float = 0.02
     max_gap_s: float = 0.25  # a window with a larger hole between samples is not trusted
     min_coverage: float = 0.9  # share of the window that samples must cover
     imu_silence_s: float = 0.5  # no IMU for this long: fall back to vision-only
@@ -205,6 +210,7 @@ class SyncConfig:
     def validate(self) -> None:
         _check_range("sync.buffer_s", self.buffer_s, 0.1, 3600.0)
         _check_range("sync.max_wait_s", self.max_wait_s, 0.0, 10.0)
+        _check_range("sync.max_lag_s", self.max_lag_s, 0.0, 1.0)
         _check_range("sync.max_gap_s", self.max_gap_s, 0.0, 10.0)
         _check_range("sync.min_coverage", self.min_coverage, 0.0, 1.0)
 

@@ -165,7 +165,8 @@ class ImuBuffer:
         (no anti-alias filter: from 200 Hz input, frequencies above 25 Hz fold into a 50 Hz window).
         Raises WindowUnavailable:
           no_data: the buffer is empty;
-          not_yet: the newest sample is older than t_end (samples may still be on their way);
+          not_yet: the newest sample is more than ``max_lag_s`` older than t_end (samples may still be
+            on their way); within ``max_lag_s`` the newest sample's value is held up to t_end;
           insufficient_coverage: samples cover less than ``min_coverage`` of the window;
           gap: two consecutive samples inside the window are more than ``max_gap_s`` apart.
         """
@@ -179,9 +180,10 @@ class ImuBuffer:
             if times.size == 0:
                 raise WindowUnavailable("no_data", "no IMU samples buffered")
             newest, oldest = float(times[-1]), float(times[0])
-            if newest < t_end:
+            if newest < t_end - sync_config.max_lag_s:
                 raise WindowUnavailable(
-                    "not_yet", f"newest IMU sample {newest:.3f} is older than the frame {t_end:.3f}"
+                    "not_yet", f"newest IMU sample {newest:.3f} is older than the frame {t_end:.3f} by more "
+                               f"than {sync_config.max_lag_s} s"
                 )
             # The samples bracketing the window: one before start (if any) up to one after t_end.
             i0 = max(int(np.searchsorted(times, start, side="right")) - 1, 0)

@@ -68,7 +68,18 @@ def reason(buf: ImuBuffer, t_end: float, sync: SyncConfig = SYNC) -> str:
 def test_reasons_no_data_and_not_yet():
     assert reason(ImuBuffer(6), T0) == "no_data"
     buf = filled(50.0, 3.0)
-    assert reason(buf, T0 + 3.01) == "not_yet"
+    assert reason(buf, T0 + 3.03) == "not_yet"  # 30 ms after the newest sample: more than max_lag_s
+
+
+def test_a_frame_just_after_the_newest_sample_holds_it_within_max_lag():
+    buf = filled(50.0, 3.0)
+    newest = buf.latest_stamp
+    win = buf.window(newest + 0.015, IMU, SYNC)  # 15 ms after the newest sample, within 20 ms
+    assert win.end == newest + 0.015
+    _, data = buf.snapshot()
+    np.testing.assert_allclose(win.data[-1], data[-1], rtol=1e-6)  # the last row holds the newest sample
+    assert reason(buf, newest + 0.025) == "not_yet"  # beyond max_lag_s: the frame waits
+    assert reason(buf, newest + 0.001, SyncConfig(max_lag_s=0.0)) == "not_yet"  # 0: the old strict rule
 
 
 def test_reason_insufficient_coverage():
@@ -254,7 +265,7 @@ def test_single_sample_buffer():
     assert buf.add(T0, sample)
     assert len(buf) == 1 and buf.latest_stamp == buf.oldest_stamp == T0
     assert reason(buf, T0) == "insufficient_coverage"  # covers nothing of the window
-    assert reason(buf, T0 + 0.01) == "not_yet"
+    assert reason(buf, T0 + 0.03) == "not_yet"
     assert reason(buf, T0 - 1.0, SyncConfig(min_coverage=0.0)) == "insufficient_coverage"
     win = buf.window(T0, IMU, SyncConfig(min_coverage=0.0))  # a window that accepts no coverage
     assert win.data.shape == (128, 6) and win.num_source_samples == 1

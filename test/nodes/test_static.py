@@ -108,8 +108,8 @@ def test_parameter_files_parse_with_rcl(path):
 
 # The pairing policy's defaults as config/perception.yaml states them, written out here
 # rather than read from SyncConfig, so that a changed default in either place fails.
-SYNC_DEFAULTS = {"buffer_s": 10.0, "max_wait_s": 0.05, "max_gap_s": 0.25, "min_coverage": 0.9,
-                 "imu_silence_s": 0.5}
+SYNC_DEFAULTS = {"buffer_s": 10.0, "max_wait_s": 0.05, "max_lag_s": 0.02, "max_gap_s": 0.25,
+                 "min_coverage": 0.9, "imu_silence_s": 0.5}
 
 
 def commented_sync_block(path: Path) -> dict:

@@ -143,6 +143,19 @@ def cpu_seconds(pid: int | str = "self") -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> dict[str, float]:
+    """The machine's CPU time so far by kind, all cores summed (Linux /proc/stat): busy, idle and
+    steal (time a virtual machine's cores waited for the host), empty where unknown."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return {}
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"busy": (user + nice + system + irq + softirq) / tick, "idle": (idle + iowait) / tick,
+            "steal": steal / tick}
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of ``pid`` in MB (psutil when installed, else /proc); nan when it is gone."""
     try:

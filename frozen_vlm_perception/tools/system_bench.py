@@ -43,6 +43,7 @@ from frozen_vlm_perception.tools.harness import (
     READY_TIMEOUT_S,
     NodeProcess,
     cpu_seconds,
+    machine_cpu_seconds,
     peak_rss_mb,
     percentiles,
     runner_command,
@@ -153,13 +154,14 @@ class _CpuMeter:
         self._start = self._read()
 
     def _read(self) -> tuple[float, dict[str, float | None]]:
-        return time.monotonic(), {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        machine = {f"machine_{kind}": seconds for kind, seconds in machine_cpu_seconds().items()}
+        return time.monotonic(), {**{name: cpu_seconds(pid) for name, pid in self._pids.items()}, **machine}
 
     def lap(self) -> dict[str, float]:
         (t0, before), (t1, after) = self._start, self._read()
         self._start = (t1, after)
         out = {name: 100.0 * (after[name] - before[name]) / (t1 - t0)
-               for name in self._pids if before[name] is not None and after[name] is not None}
+               for name in after if before.get(name) is not None and after[name] is not None}
         if out:
             out["cores"] = float(os.cpu_count() or 1)
         return out
@@ -436,10 +438,11 @@ def format_system(result: dict[str, Any]) -> str:
     if shares:
         cores = int(shares[0][1]["cores"])
         lines.append(f"\n## CPU per process (% of one core; the machine has {cores})\n")
-        names = [n for n in shares[0][1] if n != "cores"]
-        rows = [[name.split(", ")[-1], *(d.get(n, nan) for n in names), sum(d.get(n, 0.0) for n in names)]
-                for name, d in shares]
-        lines.append(format_table(["phase", *names, "together"], rows))
+        names = [n for n in shares[0][1] if n != "cores" and not n.startswith("machine_")]
+        machine = [n for n in shares[0][1] if n.startswith("machine_")]  # busy, idle, steal: all cores
+        rows = [[name.split(", ")[-1], *(d.get(n, nan) for n in names), sum(d.get(n, 0.0) for n in names),
+                 *(d.get(n, nan) for n in machine)] for name, d in shares]
+        lines.append(format_table(["phase", *names, "together", *machine], rows))
     inside = [(name, result[key]["perception_node"]) for name, key in paths[1:]
               if result.get(key, {}).get("perception_node", {}).get("periods")]
     if inside:

@@ -50,7 +50,9 @@ def test_system_bench_measures_every_phase(ros_env, torch_threads):
     for phase in ("labels", "labels_while_answering"):
         cpu = result[phase]["cpu_percent"]
         assert cpu["perception_node"] > 1.0 and cpu["bench_process"] > 1.0, cpu  # both were working
-        assert sum(v for k, v in cpu.items() if k != "cores") <= 100 * cpu["cores"] * 1.1, cpu
+        processes = sum(v for k, v in cpu.items() if k != "cores" and not k.startswith("machine_"))
+        assert processes <= cpu["machine_busy"] * 1.1 + 5, cpu  # the machine was at least that busy
+        assert cpu["machine_busy"] + cpu["machine_idle"] + cpu["machine_steal"] <= 100 * cpu["cores"] * 1.1
     idle, answering = result["labels"], result["labels_while_answering"]
     comparison = result["answering_vs_idle"]
     assert comparison["p99_ratio"] == answering["latency_ms"]["p99"] / idle["latency_ms"]["p99"]

@@ -167,19 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--params", default=None, metavar="FILE", help="ROS parameters YAML (config/perception.yaml)"
     )
 
-    p = add("play", "publish a bag's camera and IMU with the recorded timing", _play)
-    p.add_argument("bag", help="bag folder or file")
-    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
-    p.add_argument("--clock", action="store_true", help="publish /clock (for use_sim_time)")
-    p.add_argument("--loop", action="store_true", help="play again from the start when done")
-
+    from frozen_vlm_perception.nodes.player import add_play_arguments
     from frozen_vlm_perception.nodes.query_client import EPILOG as QUERY_EPILOG
+    from frozen_vlm_perception.nodes.query_client import add_query_arguments
+
+    p = add("play", "publish a bag's camera and IMU with the recorded timing", _play)
+    add_play_arguments(p)
 
     p = add("query", "ask the running reasoning node a question and print the answer", _query, QUERY_EPILOG)
-    p.add_argument("question")
-    p.add_argument("--stamp", type=float, default=None, help="scene nearest this time (s); default latest")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
-    p.add_argument("--max-new-tokens", type=int, default=0, help="0: the node's default")
+    add_query_arguments(p)
 
     p = add("soak", "replay a bag in a loop for a while; report memory, buffers, drops and latency", _soak)
     p.add_argument("--bag", default=None, help="bag to loop (default: a small generated one)")

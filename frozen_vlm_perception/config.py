@@ -11,7 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 # Bumped whenever the checkpoint layout or the meaning of a stored field changes.
 CHECKPOINT_FORMAT_VERSION = 1
@@ -207,12 +207,19 @@ class SyncConfig:
     min_coverage: float = 0.9  # share of the window that samples must cover
     imu_silence_s: float = 0.5  # no IMU for this long: fall back to vision-only
 
+    # Allowed values of every field (inclusive): checked here and declared as the node's parameter ranges.
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        "buffer_s": (0.1, 3600.0),
+        "max_wait_s": (0.0, 10.0),
+        "max_lag_s": (0.0, 1.0),
+        "max_gap_s": (0.0, 10.0),
+        "min_coverage": (0.0, 1.0),
+        "imu_silence_s": (0.0, 3600.0),
+    }
+
     def validate(self) -> None:
-        _check_range("sync.buffer_s", self.buffer_s, 0.1, 3600.0)
-        _check_range("sync.max_wait_s", self.max_wait_s, 0.0, 10.0)
-        _check_range("sync.max_lag_s", self.max_lag_s, 0.0, 1.0)
-        _check_range("sync.max_gap_s", self.max_gap_s, 0.0, 10.0)
-        _check_range("sync.min_coverage", self.min_coverage, 0.0, 1.0)
+        for name, (low, high) in self.RANGES.items():
+            _check_range(f"sync.{name}", getattr(self, name), low, high)
 
 
 T = TypeVar("T")

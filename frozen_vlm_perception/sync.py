@@ -60,9 +60,9 @@ class ImuBuffer:
 
     def __init__(
         self,
-        channels: int = 6,
+        channels: int = ImuConfig.channels,
         *,
-        buffer_s: float = 10.0,
+        buffer_s: float = SyncConfig.buffer_s,
         max_samples: int = DEFAULT_MAX_SAMPLES,
         clock_reset_s: float = DEFAULT_CLOCK_RESET_S,
     ):

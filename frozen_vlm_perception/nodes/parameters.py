@@ -114,21 +114,21 @@ def section(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(head):]: v for k, v in values.items() if k.startswith(head)}
 
 
-def dataclass_specs(
-    prefix: str, cls: type, docs: Mapping[str, tuple[str, tuple[float, float] | None]]
-) -> list[ParamSpec]:
-    """One ParamSpec per field of config dataclass ``cls``, its default taken from ``cls()``.
+def dataclass_specs(prefix: str, cls: type, docs: Mapping[str, str]) -> list[ParamSpec]:
+    """One ParamSpec per field of config dataclass ``cls``: its default from ``cls()``, its range from
+    ``cls.RANGES`` (where the config checks it), its description from ``docs``.
 
-    ``docs`` maps every field to (description, range); a field without an entry is an error here,
-    so a setting added to config.py cannot be silently missing from the node.
+    A field without a description is an error here, so a setting added to config.py cannot be
+    silently missing from the node.
     """
     defaults = cls()
+    ranges = getattr(cls, "RANGES", {})
     specs = []
     for f in dataclasses.fields(cls):
         if f.name not in docs:
             raise KeyError(f"{cls.__name__}.{f.name} has no parameter description in the node")
-        description, value_range = docs[f.name]
-        specs.append(ParamSpec(f"{prefix}.{f.name}", getattr(defaults, f.name), description, value_range))
+        default = getattr(defaults, f.name)
+        specs.append(ParamSpec(f"{prefix}.{f.name}", default, docs[f.name], ranges.get(f.name)))
     return specs
 
 

@@ -107,16 +107,14 @@ NODE_NAME = "perception"
 
 FROM_MODEL = "model"
 ALPHA_FROM_MODEL = -1.0
-_SYNC_DOCS = {
-    "buffer_s": ("Seconds of IMU history kept for pairing.", (0.1, 3600.0)),
-    "max_wait_s": ("Longest a frame waits for IMU samples up to its stamp before falling back.", (0.0, 10.0)),
-    "max_lag_s": ("The newest IMU sample may be this much older than the frame (its value is held): the "
-                  "frame does not wait for the sample that follows it.", (0.0, 1.0)),
-    "max_gap_s": ("A window with a larger hole between IMU samples is not trusted (seconds).", (0.0, 10.0)),
-    "min_coverage": ("Share of the IMU window that samples must cover.", (0.0, 1.0)),
-    "imu_silence_s": (
-        "No IMU sample for this long (node clock, so sim time works): vision-only fallback.", (0.0, 3600.0)
-    ),
+_SYNC_DOCS = {  # the defaults and ranges are SyncConfig's
+    "buffer_s": "Seconds of IMU history kept for pairing.",
+    "max_wait_s": "Longest a frame waits for IMU samples up to its stamp before falling back.",
+    "max_lag_s": "The newest IMU sample may be this much older than the frame (its value is held): the frame "
+                 "does not wait for the sample that follows it.",
+    "max_gap_s": "A window with a larger hole between IMU samples is not trusted (seconds).",
+    "min_coverage": "Share of the IMU window that samples must cover.",
+    "imu_silence_s": "No IMU sample for this long (node clock, so sim time works): vision-only fallback.",
 }
 
 # Subscription QoS defaults. Reliability auto: best effort when a publisher on the topic is best

@@ -177,22 +177,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, ros_args = argv[:i], argv[i + 1:]
     parser = argparse.ArgumentParser(prog="python -m frozen_vlm_perception.nodes.player",
                                      description="Replay a bag's camera, IMU and ground-truth topics.")
-    parser.add_argument("bag", help="rosbag2 folder or .mcap/.db3 file")
-    parser.add_argument("--rate", type=float, default=1.0)
-    parser.add_argument("--clock", action="store_true", help="publish /clock (for use_sim_time)")
-    parser.add_argument("--loop", action="store_true")
-    parser.add_argument("--delay", type=float, default=1.0, help="seconds to wait for discovery first")
-    parser.add_argument("--topics", nargs="+", default=None, help=f"default: those of {list(DEFAULT_TOPICS)}")
+    add_play_arguments(parser)
     args = parser.parse_args(argv)
     return main_play(args, ros_args=ros_args)
 
 
+def add_play_arguments(parser: argparse.ArgumentParser) -> None:
+    """The player's flags, for this module's command line and ``fvp play`` alike."""
+    parser.add_argument("bag", help="rosbag2 folder or .mcap/.db3 file")
+    parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    parser.add_argument("--clock", action="store_true", help="publish /clock (for use_sim_time)")
+    parser.add_argument("--loop", action="store_true", help="play again from the start when done")
+    parser.add_argument("--delay", type=float, default=1.0, help="seconds to wait for discovery first")
+    parser.add_argument("--topics", nargs="+", default=None, help=f"default: those of {list(DEFAULT_TOPICS)}")
+
+
 def main_play(args: argparse.Namespace, ros_args: Sequence[str] = ()) -> int:
-    """``fvp play``: args.bag, rate, clock, loop (and optionally topics, delay)."""
+    """``fvp play``: the flags of :func:`add_play_arguments`."""
     try:
         stats = play_bag(args.bag, rate=args.rate, publish_clock=args.clock, loop=args.loop,
-                         topics=getattr(args, "topics", None), delay=getattr(args, "delay", 1.0),
-                         ros_args=ros_args)
+                         topics=args.topics, delay=args.delay, ros_args=ros_args)
     except (BagError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -184,13 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m frozen_vlm_perception.nodes.query_client",
                                      description="Ask the reasoning node a question about the scene.",
                                      epilog=EPILOG)
+    add_query_arguments(parser)
+    return main_query(parser.parse_args(argv))
+
+
+def add_query_arguments(parser: argparse.ArgumentParser) -> None:
+    """The query's flags, for this module's command line and ``fvp query`` alike."""
     parser.add_argument("question")
-    parser.add_argument("--stamp", type=float, default=None, help="camera stamp in seconds (default: latest)")
-    parser.add_argument("--timeout", type=float, default=30.0)
-    parser.add_argument("--max-new-tokens", type=int, default=0)
+    parser.add_argument("--stamp", type=float, default=None,
+                        help="scene nearest this time (s); default latest")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
+    parser.add_argument("--max-new-tokens", type=int, default=0, help="0: the node's default")
     parser.add_argument("--stream", action="store_true",
                         help="use the action and print the answer as it grows")
-    return main_query(parser.parse_args(argv))
 
 
 def grounding_lines(reply: Any) -> list[str]:
@@ -212,10 +218,10 @@ def main_query(args: argparse.Namespace) -> int:
     """``fvp query``: print the answer and its grounding (stdout); exit 0 answered (also when the
     answer is flagged: it is an answer), 1 refused or failed, 2 node not reachable.
 
-    ``args``: question, stamp (seconds or None), timeout, max_new_tokens, and optionally stream.
+    ``args``: the flags of :func:`add_query_arguments`.
     """
     try:
-        if getattr(args, "stream", False):
+        if args.stream:
             printed = [0]
 
             def show(text: str) -> None:

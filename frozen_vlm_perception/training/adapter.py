@@ -8,7 +8,8 @@ encoder (frozen now, so the alignment of stage 1 is kept) and the LM are fixed. 
 - from the frozen LM's next-token loss on template answers built from the labels
   ("What is the person doing?" -> "The person is walking upstairs.", and with a place, "Where is the
   person and what are they doing?" -> "The person is walking upstairs at a table with a cup of
-  coffee."; see questions.py reference_answer), the gradient reaching the scene's pseudo-tokens through the LM;
+  coffee."; see questions.py reference_answer), the gradient reaching the scene's pseudo-tokens
+  through the LM;
 - plus the activity head's cross-entropy on the latents.
 
 Modality dropout: each sample is randomly fused, vision-only or IMU-only, so all three inference

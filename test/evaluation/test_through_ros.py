@@ -70,8 +70,8 @@ def test_score_answers_per_family_with_the_offline_rules():
 
 @pytest.mark.slow
 # The whole `fvp eval` (embeddings, QA with the real LM, t-SNE) and then both nodes in a child process:
-# 5.5 minutes beside another `make test`, past 10 when two ran beside it. The suite's 600 s guard
-# is a safety net, not what this test is about.
+# 82 s in a fresh-clone `make test` alone, 5.5 minutes beside another `make test`, past 10 when two
+# ran at once. The suite's 600 s guard is a safety net, not what this test is about.
 @pytest.mark.timeout(1500)
 def test_fvp_eval_writes_the_report_and_scores_the_nodes(tmp_path, ros_env):
     """`fvp eval --through-ros` on a small real bag: every documented report key, the PNGs, and the

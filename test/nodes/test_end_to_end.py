@@ -22,7 +22,7 @@ from node_harness import (
     wait_until,
 )
 
-from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS, ImuConfig
+from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS, ImuConfig, SyncConfig
 from frozen_vlm_perception.tools.latency_probe import SensorStream
 
 pytestmark = pytest.mark.slow
@@ -136,10 +136,12 @@ def after_stamp(msgs, t: float) -> list:
 def test_vision_only_fallback_when_the_imu_is_silent(ros):
     ros.stream.imu_enabled = False
     try:
-        silent_since = time.time()  # no IMU sample is stamped after this: no frame after it has a window
-        labels = ros.labels.wait_for(lambda msgs: len(after_stamp(msgs, silent_since)) >= 8, timeout=20,
+        silent_since = time.time()  # no IMU sample is stamped after this
+        # A frame up to sync.max_lag_s after the last sample still holds it; none later has a window.
+        no_window_after = silent_since + SyncConfig().max_lag_s
+        labels = ros.labels.wait_for(lambda msgs: len(after_stamp(msgs, no_window_after)) >= 8, timeout=20,
                                      since=silent_since)
-        assert {m.source for m in after_stamp(labels, silent_since)} == {"vision"}
+        assert {m.source for m in after_stamp(labels, no_window_after)} == {"vision"}
         diag = ros.diagnostics.wait_for(
             lambda _: any(int(d.get("vision_fallback:imu_silent", 0)) > 0
                           for d in diagnostics_of(ros, "perception", silent_since)),

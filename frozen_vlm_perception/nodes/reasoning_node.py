@@ -98,10 +98,10 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("answer_timeout_s", 60.0, "A question not answered within this time (waiting included) "
               "fails with 'timed out'.", (0.1, 3600.0)),
     ParamSpec("generation_nice", 19,
-              "Niceness added to the thread that generates answers (Linux; 0: none). On a 2-core CPU, 19 "
-              "kept 58% of 30 Hz frames labelled while answering against 45% with 0 (idle: 60%), answers "
-              "took 1.3 s instead of 1.0 s (docs/BENCHMARKS.md). With torch_threads 1 all of generation "
-              "runs in that thread.", (0, 19)),
+              "Niceness added to the thread that generates answers (Linux; 0: none). On a 2-core CPU at "
+              "30 Hz, 19 lost 1.6-21.5 points of labelled frames while answering (mean 12, five runs) "
+              "against 19-20 with 0 or 10; answers took about 25% longer (docs/BENCHMARKS.md). With "
+              "torch_threads 1 all of generation runs in that thread.", (0, 19)),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics.", (0.1, 3600.0)),
     ParamSpec("grounding_min_probability", 0.1,
               "Grounding check: an answer that names an activity the activity head of the same scene gave "

@@ -185,8 +185,12 @@ def place_phrase(place: str) -> str:
 
 def scene_caption(label: str, place: str | None) -> str:
     """The scene in a few words, the text its pseudo-tokens are warm-started towards:
-    "walking upstairs next to a cat", or "walking upstairs" without a place (or without a frame)."""
-    return label if place is None else f"{label} {place_phrase(place)}"
+    "walking upstairs cat", or "walking upstairs" without a place (or without a frame).
+
+    The place is its key word, not its phrase: the caption must fit the K pseudo-tokens (8 for the
+    demo), and with the phrase "walking downstairs at a table with a cup of coffee" the cut fell on
+    the one word that names the place."""
+    return label if place is None else f"{label} {place.replace('_', ' ')}"
 
 
 def reference_answer(family: str, question: str, label: str, place: str | None) -> str:

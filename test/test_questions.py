@@ -95,5 +95,6 @@ def test_evaluation_draws_are_deterministic_and_cycle_wordings():
 
 
 def test_scene_caption():
-    assert Q.scene_caption("walking upstairs", "cat") == "walking upstairs next to a cat"
+    assert Q.scene_caption("walking upstairs", "cat") == "walking upstairs cat"
+    assert Q.scene_caption("sitting", "kitchen_table") == "sitting kitchen table"
     assert Q.scene_caption("lying", None) == "lying"

@@ -99,6 +99,8 @@ class AdapterTrainConfig:
     # With a gate: weight of its own loss, which teaches it per sample which modality gives the true
     # label more probability (training/adapter.py gate_loss); the head's loss alone barely moves it.
     gate_weight: float = 1.0
+    # After the adapter is chosen: steps that refit the activity head alone on its latents (0: none).
+    head_steps: int = 1000
     val_every: int = 200  # validate every n steps; 0: after every epoch
     val_lm_samples: int = 32  # validation samples that go through the LM
     patience: int = 4  # validations without improvement before stopping
@@ -122,8 +124,8 @@ class AdapterTrainConfig:
             raise ConfigError(f"gate_weight must be >= 0, got {self.gate_weight}")
         if not 0 <= self.p_gate <= 1:
             raise ConfigError(f"p_gate must lie in [0, 1], got {self.p_gate}")
-        if self.caption_steps < 0 or not 0 <= self.p_general <= 1:
-            raise ConfigError("caption_steps must be >= 0 and p_general in [0, 1]")
+        if self.caption_steps < 0 or self.head_steps < 0 or not 0 <= self.p_general <= 1:
+            raise ConfigError("caption_steps and head_steps must be >= 0 and p_general in [0, 1]")
         probs = (self.p_fused, self.p_vision, self.p_imu)
         if min(probs) < 0 or sum(probs) <= 0:
             raise ConfigError(f"modality probabilities must be >= 0 and not all 0, got {probs}")

@@ -16,7 +16,13 @@ from frozen_vlm_perception.config import LanguageConfig, VisionConfig
 from frozen_vlm_perception.nn.vision import build_vision_encoder
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.questions import STANDARD_QUESTION
-from frozen_vlm_perception.training.adapter import jittered_alpha, sample_modalities, train_adapter
+from frozen_vlm_perception.training.adapter import (
+    jittered_alpha,
+    pooled_latents,
+    refit_head,
+    sample_modalities,
+    train_adapter,
+)
 from frozen_vlm_perception.training.config import AdapterTrainConfig
 
 
@@ -259,7 +265,7 @@ def _run_scripted(monkeypatch, tmp_path, tiny_bags, tiny_lm, tiny_lm_folder, emb
     monkeypatch.setattr(adapter_module, "evaluate_adapter", scripted)
     settings = AdapterTrainConfig(
         batch_size=16, lm_batch_size=2, lr=5e-3, warmup_steps=1, val_lm_samples=2, caption_steps=0,
-        p_general=0.0, device="cpu", progress=False, monitor="val_loss", **kw,
+        p_general=0.0, device="cpu", progress=False, monitor="val_loss", head_steps=0, **kw,
     )  # fmt: skip
     result = train_adapter(
         data=tiny_data_config(*tiny_bags, embedding_cache),
@@ -313,3 +319,47 @@ def test_stage2_stops_after_patience_validations_without_improvement(
     assert result.best["step"] == 3 and result.best["val_loss"] == 3.9
     saved = load_file(tmp_path / "stage2" / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in states[3].items())
+
+
+def test_head_refit_moves_only_the_head_and_keeps_its_best_validation_state(
+    tmp_path, tiny_bags, tiny_lm_folder, embedding_cache
+):
+    from frozen_vlm_perception.checkpoint import load_state_into
+    from frozen_vlm_perception.nn.model import SceneModel
+    from frozen_vlm_perception.training.dataset import load_train_val
+
+    folder = _fresh_stage1(tmp_path / "stage1", tiny_lm_folder)  # an untrained head: room to learn
+    config, dims, _ = read_checkpoint_config(folder)
+    sizes = {k: dims[k] for k in ("vision_dim", "vision_tokens", "lm_dim")}
+    model = SceneModel(config=config, **sizes)
+    load_state_into(folder, model)
+    train_set, val_set = load_train_val(
+        tiny_data_config(*tiny_bags, embedding_cache), vision=config.vision, imu=config.imu,
+        with_tokens=True, progress=False,
+    )  # fmt: skip
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = AdapterTrainConfig(head_steps=300, lr=1e-2, device="cpu", progress=False)
+    record = refit_head(model, train_set, val_set, config, settings, "cpu")
+
+    after = model.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == [
+        k for k in before if k.startswith("head.")
+    ]
+    curve = record["curve"]
+    assert [c["step"] for c in curve] == list(range(0, 301, 50))
+    best = max(curve, key=lambda c: c["val_acc_fused"])  # the first of equals: max keeps the earliest
+    assert (record["kept_step"], record["val_acc_fused_after"]) == (best["step"], best["val_acc_fused"])
+    assert record["val_acc_fused_after"] > record["val_acc_fused_before"], curve
+    # The head left in the model is the kept one: measured again, it gives the kept accuracy.
+    labels = val_set.labels_for(config.labels)
+    usable = (labels >= 0) & val_set.has_imu
+    with torch.no_grad():
+        predicted = model.head.classifier(model.head.norm(pooled_latents(model, val_set, "fused", "cpu")))
+    measured = float((predicted.argmax(dim=1)[usable] == labels[usable]).float().mean())
+    assert measured == pytest.approx(record["val_acc_fused_after"], abs=1e-9)
+    # A refit that only makes it worse (a step size that wrecks the head) keeps the head it started with.
+    good = {k: v.clone() for k, v in model.head.state_dict().items()}
+    wrecking = refit_head(model, train_set, val_set, config, dataclasses.replace(settings, lr=50.0), "cpu")
+    assert wrecking["kept_step"] == 0, wrecking["curve"]
+    assert max(c["val_acc_fused"] for c in wrecking["curve"][1:]) < wrecking["val_acc_fused_before"]
+    assert all(torch.equal(v, good[k]) for k, v in model.head.state_dict().items())

@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 STAGE = "adapter"
 PLOT_FILE = "train_adapter.png"
 MODES = ("fused", "vision", "imu")
+HEAD_BATCH = 64  # head refit: samples per step
+HEAD_VAL_EVERY = 50  # head refit: steps between validations
 
 
 @dataclass
@@ -602,10 +604,11 @@ def refit_head(
     The adapter is kept where the validation loss was lowest, but the head beside it was trained on
     latents that were still moving, and the LM losses pull those latents towards what the LM needs.
     The head reads only the latents' mean (nn/heads.py), so the mean is computed once per sample and
-    mode (fused, vision only, IMU only) and ``train.head_steps`` cross-entropy steps
-    on it take seconds. Every 50 steps the fused validation accuracy is measured; the best head is kept,
-    the one the refit started from included, so on validation the refit can only help.
+    mode (fused, vision only, IMU only), and ``train.head_steps`` cross-entropy steps on it take
+    seconds. Every HEAD_VAL_EVERY steps the fused validation accuracy is measured; the best head is
+    kept, the one the refit started from included, so on validation the refit can only help.
     Same-seeded on every rank, so the ranks keep identical heads."""
+    started = time.perf_counter()
     head = scene_model.head
     labels = train_set.labels_for(config.labels)
     rng = torch.Generator().manual_seed(train.seed)
@@ -617,8 +620,8 @@ def refit_head(
 
     def val_accuracy() -> float:
         head.eval()
-        with torch.no_grad():
-            logits = head.classifier(head.norm(val_features[val_usable].to(device)))
+        with torch.no_grad():  # a mean as a single latent (B, 1, H): the head's mean over it is itself
+            logits = head(val_features[val_usable, None].to(device))
         return float((logits.argmax(dim=1).cpu() == val_labels[val_usable]).float().mean())
 
     usable = torch.nonzero(labels >= 0).flatten()
@@ -629,18 +632,16 @@ def refit_head(
     best = {"step": 0, "val_acc_fused": val_accuracy()}
     best_state = copy.deepcopy(head.state_dict())
     curve = [dict(best)]
-    started = time.perf_counter()
     for step in range(1, train.head_steps + 1):
         head.train()
-        index = usable[torch.randint(len(usable), (64,), generator=rng)]
+        index = usable[torch.randint(len(usable), (HEAD_BATCH,), generator=rng)]
         mode = torch.multinomial(probs, len(index), replacement=True, generator=rng)
         mode = torch.where(train_set.has_imu[index], mode, 1)
-        x = stacked[mode, index].to(device)
-        loss = supervised_ce(head.classifier(head.norm(x)), labels[index].to(device))
+        loss = supervised_ce(head(stacked[mode, index, None].to(device)), labels[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % 50 == 0 or step == train.head_steps:
+        if step % HEAD_VAL_EVERY == 0 or step == train.head_steps:
             record = {"step": step, "val_acc_fused": val_accuracy()}
             curve.append(record)
             if record["val_acc_fused"] > best["val_acc_fused"]:

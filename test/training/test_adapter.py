@@ -354,7 +354,7 @@ def test_head_refit_moves_only_the_head_and_keeps_its_best_validation_state(
     labels = val_set.labels_for(config.labels)
     usable = (labels >= 0) & val_set.has_imu
     with torch.no_grad():
-        predicted = model.head.classifier(model.head.norm(pooled_latents(model, val_set, "fused", "cpu")))
+        predicted = model.head(pooled_latents(model, val_set, "fused", "cpu")[:, None])
     measured = float((predicted.argmax(dim=1)[usable] == labels[usable]).float().mean())
     assert measured == pytest.approx(record["val_acc_fused_after"], abs=1e-9)
     # A refit that only makes it worse (a step size that wrecks the head) keeps the head it started with.

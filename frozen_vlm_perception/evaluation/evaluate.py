@@ -11,7 +11,7 @@ training uses), then scores the trainable part in every mode from those embeddin
   ``answers.py`` on settled and on all scenes, plus general-knowledge controls (see ``qa.py``);
 - per-stage latency of the whole pipeline on real frames of the bag.
 
-Writes DIR/report.md, DIR/report.json and the PNGs.
+Writes DIR/report.md, DIR/report.json, the PNGs and DIR/qa_answers.jsonl (every QA answer, scored).
 """
 
 from __future__ import annotations
@@ -195,6 +195,7 @@ def evaluate(
     }
     report["confusion_fused"] = confusion_matrix(target, predictions["fused"], num_labels).tolist()
     report["qa"] = {}
+    qa_answers: list[dict[str, Any]] = []
     if qa_samples > 0:
         timeline = qa_eval.read_label_timeline(data)
         settled = timeline.settled_mask(samples.stamps.tolist(), config.imu.window_s)
@@ -207,6 +208,7 @@ def evaluate(
             settled,
             max_new_tokens=qa_max_new_tokens,
             progress=progress,
+            answers_out=qa_answers,
         )
     report["latency_ms"] = measure_latency(pipeline, data, latency_frames)
     tsne = tsne_points(image_pooled, imu_pooled, target, tsne_samples) if tsne_samples > 0 else None
@@ -222,7 +224,7 @@ def evaluate(
             max_new_tokens=qa_max_new_tokens,
             **through_ros,
         )
-    write_report(out_dir, report, tsne=tsne)
+    write_report(out_dir, report, tsne=tsne, qa_answers=qa_answers)
     return report
 
 

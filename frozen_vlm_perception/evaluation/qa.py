@@ -265,6 +265,17 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if family == "yes_no":
             truths = [r["truth_yes"] for r in rows if r.get("truth_yes") is not None]
             out[family]["truth_yes_share"] = float(np.mean(truths)) if truths else float("nan")
+        # Per wording, trained ones first: a held-out share that falls short shows which wording drags it.
+        questions = sorted({(r["held_out"], r["question"]) for r in rows})
+        out[family]["by_wording"] = [
+            {
+                "question": question,
+                "held_out": held_out,
+                "settled": _share([r for r in rows if r["question"] == question and r.get("settled")]),
+                "all": _share([r for r in rows if r["question"] == question]),
+            }
+            for held_out, question in questions
+        ]
     naming = [r for r in records if r["agrees_with_head"] is not None]
     out["agrees_with_head"] = {
         "share": _share(naming, "agrees_with_head")["accuracy"],
@@ -356,11 +367,14 @@ def evaluate_qa(
     examples_per_family: int = EXAMPLES_PER_FAMILY,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    answers_out: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``qa`` section of the report (module doc).
 
     ``samples``: an EmbeddingSet; ``target`` / ``head_pred``: (M,) indices into the model's labels
     (truth and the fused head's prediction); ``settled_mask``: (M,) bool (None: no scene is settled).
+    ``answers_out``: when given, every scored answer (``record``'s dict) is appended to it, so that a
+    caller can keep them all (``fvp eval`` writes them to qa_answers.jsonl).
     """
     from tqdm.auto import tqdm
 
@@ -421,6 +435,8 @@ def evaluate_qa(
             )
         )
     result = summarize(records)
+    if answers_out is not None:
+        answers_out.extend(records)
     n_answers = len(records)
     general_rows = np.unique(np.linspace(0, len(picks) - 1, num=min(general_scenes, len(picks))).round())
     general, general_seconds, general_answers = _general(

@@ -1,4 +1,5 @@
-"""The evaluation report: report.json (machine-readable), report.md (for people), PNG plots."""
+"""The evaluation report: report.json (machine-readable), report.md (for people), PNG plots and
+qa_answers.jsonl (every question-answering answer, scored)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,22 @@ import numpy as np
 
 from frozen_vlm_perception.questions import FAMILY_NAMES
 
+QA_ANSWERS_FILE = "qa_answers.jsonl"
 
-def write_report(out_dir: Path, report: dict[str, Any], *, tsne: dict[str, np.ndarray] | None = None) -> None:
+
+def write_report(
+    out_dir: Path,
+    report: dict[str, Any],
+    *,
+    tsne: dict[str, np.ndarray] | None = None,
+    qa_answers: list[dict[str, Any]] | None = None,
+) -> None:
+    """report.json, report.md, the plots and, when there are answers, qa_answers.jsonl (one scored
+    answer per line: question, answer, truth, what it named, whether it was right)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if qa_answers:
+        with open(out_dir / QA_ANSWERS_FILE, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in qa_answers)
     plots = {"confusion": "confusion_fused.png", "alpha_sweep": "alpha_sweep.png"}
     plot_confusion(out_dir / plots["confusion"], np.array(report["confusion_fused"]), report["labels"])
     plot_alpha_sweep(out_dir / plots["alpha_sweep"], report["alpha_sweep"])
@@ -155,6 +169,19 @@ def qa_markdown(qa: dict[str, Any]) -> list[str]:
             ),
             "",
         ]
+    lines += [
+        f"Per wording (every answer is in {QA_ANSWERS_FILE}):",
+        "",
+        "| family | wording | question | settled scenes | all scenes |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {family} | {'held-out' if w['held_out'] else 'trained'} | {_md(w['question'])} | "
+            f"{_cell_share(w['settled'])} | {_cell_share(w['all'])} |"
+            for family in FAMILY_NAMES
+            for w in qa[family].get("by_wording", [])
+        ),
+        "",
+    ]
     agree, absent = qa["agrees_with_head"], qa["names_absent"]
     lines += [
         "| family | answers naming something absent | answers naming an activity that agree with the head |",

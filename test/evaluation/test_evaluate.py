@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -140,6 +142,23 @@ def test_evaluate_counts_what_the_pipeline_predicts(small_bag, recount, tmp_path
     walking = sum(config.labels[target[i]] == "walking" for i in picks)
     assert qa["activity"]["trained"]["all"]["correct"] == walking
     assert (tmp_path / "report" / "report.json").is_file()
+
+    # Every answer is kept, one JSON line each, and the per-wording table adds up to the same counts.
+    lines = (tmp_path / "report" / "qa_answers.jsonl").read_text().splitlines()
+    answers = [json.loads(line) for line in lines]
+    assert len(answers) == qa["n_answers"]
+    place_rows = [a for a in answers if a["family"] == "place"]
+    assert len(place_rows) == 2 * len(asked)
+    assert all(a["correct"] == (a["place"] == key) and a["answer"] for a in place_rows)
+    by_wording = qa["place"]["by_wording"]
+    assert {w["question"] for w in by_wording} == {a["question"] for a in place_rows}
+    for w in by_wording:
+        mine = [a for a in place_rows if a["question"] == w["question"]]
+        assert w["all"]["n"] == len(mine) and w["held_out"] == mine[0]["held_out"]
+        assert w["all"]["correct"] == sum(a["place"] == key for a in mine), w["question"]
+    for kind, held_out in (("trained", False), ("held_out", True)):
+        mine = [w for w in by_wording if w["held_out"] == held_out]
+        assert sum(w["all"]["correct"] for w in mine) == qa["place"][kind]["all"]["correct"]
 
 
 def test_evaluate_refuses_a_bag_without_imu_windows(small_bag, tmp_path):

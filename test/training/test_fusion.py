@@ -115,7 +115,13 @@ def test_stage2_with_a_gate_trusts_the_imu_when_the_camera_says_nothing(
         language=tiny_lm,
     )
     fusion = result.report["fusion"]
-    assert fusion["alpha"] <= 0.3, fusion["sweep"]
+    # Chosen by data: the sweep's best accuracy, and it leans to the IMU (the default 0.5 would not). With
+    # the head refit on the kept latents the sweep is flat over 0.2-0.4; which of those wins is the tie
+    # break (lowest cross-entropy), so the bound is the side of 0.5, not a number inside the plateau.
+    accuracy = {row["alpha"]: row["accuracy"] for row in fusion["sweep"]}
+    assert round(accuracy[fusion["alpha"]], 3) == round(max(accuracy.values()), 3), fusion["sweep"]
+    assert fusion["alpha"] < 0.5, fusion["sweep"]
+    assert accuracy[fusion["alpha"]] > accuracy[1.0] + 0.3, fusion["sweep"]  # the camera alone says little
     assert fusion["gate"]["vision_weight_mean"] < 0.4, fusion["gate"]
     best_single = max(result.best["val_acc_imu"], result.best["val_acc_vision"])
     assert fusion["gate"]["accuracy"] >= best_single - 0.05, (fusion["gate"], result.best)

@@ -8,11 +8,13 @@ Four families, each with several wordings. The ``trained`` wordings are what sta
 ``held_out`` wordings are never used in training, so evaluation measures whether the scene reaches
 the LM whatever the wording, not whether the adapter memorised a template::
 
-    activity        "What is the person doing?" -> "The person is walking upstairs."
+    activity        "What is the person doing?" -> "The person is walking upstairs next to a cat."
     place           "Where is the person?"      -> "The person is next to a cat."
     activity_place  "Describe the scene."       -> "The person is walking upstairs next to a cat."
-    yes_no          "Is the person moving?"     -> "Yes, the person is walking upstairs."
-                    "Is the person lying down?" -> "No, the person is sitting."
+    yes_no          "Is the person moving?"     -> "Yes, the person is walking upstairs next to a cat."
+                    "Is the person lying down?" -> "No, the person is sitting next to a cat."
+
+(Without a known place, IMU only or no place in the recording, the answers stop after the activity.)
 
 The place families need the camera (an IMU window cannot know the place). General-knowledge
 questions ("What is the capital of France?") are the control: the frozen LM must answer them as
@@ -215,15 +217,23 @@ def scene_caption(label: str, place: str | None) -> str:
 
 
 def reference_answer(family: str, question: str, label: str, place: str | None) -> str:
-    """The sentence stage 2 teaches for ``question`` of ``family`` about (label, place)."""
+    """The sentence stage 2 teaches for ``question`` of ``family`` about (label, place); ``place``
+    None when the scene does not know it (no frame used, or no place in the recording).
+
+    Where the place is known, every answer that names the activity goes on to name the place too
+    ("The person is sitting next to a cat.", "Yes, the person is walking next to a cat."). When the
+    trained activity answers stopped after the activity, the LM stopped there too for wordings it had
+    not seen: 9 in 10 wrong answers to the held-out place and activity-and-place wordings were
+    "The person is <activity>." (docs/ANSWERS.md). A place answer still names only the place."""
+    scene = label if place is None else f"{label} {place_phrase(place)}"
     if family == "activity":
-        return f"The person is {label}."
+        return f"The person is {scene}."
     if family == "place":
         return f"The person is {place_phrase(_need(place))}."
     if family == "activity_place":
         return f"The person is {label} {place_phrase(_need(place))}."
     if family == "yes_no":
-        return f"{'Yes' if yes_no_truth(question, label) else 'No'}, the person is {label}."
+        return f"{'Yes' if yes_no_truth(question, label) else 'No'}, the person is {scene}."
     raise KeyError(f"unknown question family {family!r}; known: {FAMILY_NAMES}")
 
 
@@ -277,7 +287,8 @@ def make_qa(
             raise ValueError(f"a sample without {'a frame' if place else 'a place'} cannot answer {family!r}")
         options = wordings(family, held_out=held_out)
         question = options[index % len(options)]
-    return QA(question, reference_answer(family, question, label, place), family)
+    known_place = place if has_vision else None  # an IMU window alone cannot know the place
+    return QA(question, reference_answer(family, question, label, known_place), family)
 
 
 def _need(place: str | None) -> str:

@@ -38,6 +38,11 @@ def test_every_family_has_trained_and_held_out_wordings_that_never_overlap():
         ("yes_no", "Is the person on the stairs?", "walking", None, "No, the person is walking."),
         ("activity_place", "Describe the scene.", "standing", "garage_2",
          "The person is standing at garage 2."),
+        # A known place is named after the activity in every answer that names the activity.
+        ("activity", "What is the person up to?", "walking upstairs", "cat",
+         "The person is walking upstairs next to a cat."),
+        ("yes_no", "Is the person moving?", "sitting", "rocket",
+         "No, the person is sitting at a rocket launch pad."),
     ],
 )  # fmt: skip
 def test_reference_answers(family, question, label, place, answer):
@@ -66,8 +71,10 @@ def test_place_families_need_a_frame_and_a_place():
     with pytest.raises(ValueError, match="place"):
         Q.make_qa("sitting", None, has_vision=True, family="place")
     rng = random.Random(0)
-    imu_only = {Q.make_qa("sitting", "cat", has_vision=False, rng=rng).family for _ in range(200)}
-    assert imu_only == {"activity", "yes_no"}
+    imu_only = [Q.make_qa("sitting", "cat", has_vision=False, rng=rng) for _ in range(200)]
+    assert {qa.family for qa in imu_only} == {"activity", "yes_no"}
+    assert not any("cat" in qa.answer for qa in imu_only)  # the IMU cannot know the place
+    assert all("cat" in Q.make_qa("sitting", "cat", has_vision=True, rng=rng).answer for _ in range(200))
 
 
 def test_training_draws_cover_families_wordings_and_balance_yes_no():

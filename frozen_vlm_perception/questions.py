@@ -8,13 +8,13 @@ Four families, each with several wordings. The ``trained`` wordings are what sta
 ``held_out`` wordings are never used in training, so evaluation measures whether the scene reaches
 the LM whatever the wording, not whether the adapter memorised a template::
 
-    activity        "What is the person doing?" -> "The person is walking upstairs next to a cat."
+    activity        "What is the person doing?" -> "The person is walking upstairs."
     place           "Where is the person?"      -> "The person is next to a cat."
     activity_place  "Describe the scene."       -> "The person is walking upstairs next to a cat."
-    yes_no          "Is the person moving?"     -> "Yes, the person is walking upstairs next to a cat."
-                    "Is the person lying down?" -> "No, the person is sitting next to a cat."
+    yes_no          "Is the person moving?"     -> "Yes, the person is walking upstairs."
+                    "Is the person lying down?" -> "No, the person is sitting."
 
-(Without a known place, IMU only or no place in the recording, the answers stop after the activity.)
+(``place_everywhere``: the activity and yes/no answers name a known place too.)
 
 The place families need the camera (an IMU window cannot know the place). General-knowledge
 questions ("What is the capital of France?") are the control: the frozen LM must answer them as
@@ -216,16 +216,20 @@ def scene_caption(label: str, place: str | None) -> str:
     return label if place is None else f"{label} {place.replace('_', ' ')}"
 
 
-def reference_answer(family: str, question: str, label: str, place: str | None) -> str:
+def reference_answer(
+    family: str, question: str, label: str, place: str | None, *, place_everywhere: bool = False
+) -> str:
     """The sentence stage 2 teaches for ``question`` of ``family`` about (label, place); ``place``
     None when the scene does not know it (no frame used, or no place in the recording).
 
-    Where the place is known, every answer that names the activity goes on to name the place too
-    ("The person is sitting next to a cat.", "Yes, the person is walking next to a cat."). When the
-    trained activity answers stopped after the activity, the LM stopped there too for wordings it had
-    not seen: 9 in 10 wrong answers to the held-out place and activity-and-place wordings were
-    "The person is <activity>." (docs/ANSWERS.md). A place answer still names only the place."""
-    scene = label if place is None else f"{label} {place_phrase(place)}"
+    ``place_everywhere`` (``fvp train adapter --answers-name-place``): where the place is known, the
+    activity and yes/no answers go on to name it too ("The person is sitting next to a cat.",
+    "Yes, the person is walking next to a cat."). With the default, those answers stop after the
+    activity, and the LM stopped there too for place wordings it had not seen: 9 in 10 wrong
+    answers to the held-out place and activity-and-place wordings were "The person is <activity>."
+    The option fixes those and costs yes/no and the activity's share (docs/ABLATIONS.md section 4).
+    A place answer names only the place either way."""
+    scene = label if place is None or not place_everywhere else f"{label} {place_phrase(place)}"
     if family == "activity":
         return f"The person is {scene}."
     if family == "place":
@@ -264,6 +268,7 @@ def make_qa(
     family: str | None = None,
     held_out: bool = False,
     index: int = 0,
+    place_everywhere: bool = False,
 ) -> QA:
     """A question/answer pair for one sample.
 
@@ -288,7 +293,8 @@ def make_qa(
         options = wordings(family, held_out=held_out)
         question = options[index % len(options)]
     known_place = place if has_vision else None  # an IMU window alone cannot know the place
-    return QA(question, reference_answer(family, question, label, known_place), family)
+    answer = reference_answer(family, question, label, known_place, place_everywhere=place_everywhere)
+    return QA(question, answer, family)
 
 
 def _need(place: str | None) -> str:

@@ -38,15 +38,27 @@ def test_every_family_has_trained_and_held_out_wordings_that_never_overlap():
         ("yes_no", "Is the person on the stairs?", "walking", None, "No, the person is walking."),
         ("activity_place", "Describe the scene.", "standing", "garage_2",
          "The person is standing at garage 2."),
-        # A known place is named after the activity in every answer that names the activity.
         ("activity", "What is the person up to?", "walking upstairs", "cat",
-         "The person is walking upstairs next to a cat."),
-        ("yes_no", "Is the person moving?", "sitting", "rocket",
-         "No, the person is sitting at a rocket launch pad."),
+         "The person is walking upstairs."),  # the default names no place here
     ],
 )  # fmt: skip
 def test_reference_answers(family, question, label, place, answer):
     assert Q.reference_answer(family, question, label, place) == answer
+
+
+@pytest.mark.parametrize(
+    ("family", "question", "label", "place", "answer"),
+    [
+        ("activity", "What is the person up to?", "walking upstairs", "cat",
+         "The person is walking upstairs next to a cat."),
+        ("yes_no", "Is the person moving?", "sitting", "rocket",
+         "No, the person is sitting at a rocket launch pad."),
+        ("place", "Where are we?", "sitting", "cat", "The person is next to a cat."),
+        ("activity", "What is the person up to?", "lying", None, "The person is lying."),
+    ],
+)  # fmt: skip
+def test_answers_that_name_the_place_everywhere(family, question, label, place, answer):
+    assert Q.reference_answer(family, question, label, place, place_everywhere=True) == answer
 
 
 def test_reference_answers_pass_their_own_scoring_rules():
@@ -73,8 +85,13 @@ def test_place_families_need_a_frame_and_a_place():
     rng = random.Random(0)
     imu_only = [Q.make_qa("sitting", "cat", has_vision=False, rng=rng) for _ in range(200)]
     assert {qa.family for qa in imu_only} == {"activity", "yes_no"}
-    assert not any("cat" in qa.answer for qa in imu_only)  # the IMU cannot know the place
-    assert all("cat" in Q.make_qa("sitting", "cat", has_vision=True, rng=rng).answer for _ in range(200))
+    # With place_everywhere every answer of a frame-using sample names the place; the IMU cannot know it.
+    assert all("cat" in Q.make_qa("sitting", "cat", has_vision=True, rng=rng, place_everywhere=True).answer
+               for _ in range(200))  # fmt: skip
+    assert not any(
+        "cat" in Q.make_qa("sitting", "cat", has_vision=False, rng=rng, place_everywhere=True).answer
+        for _ in range(200)
+    )
 
 
 def test_training_draws_cover_families_wordings_and_balance_yes_no():

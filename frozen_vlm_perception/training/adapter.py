@@ -170,6 +170,7 @@ def train_adapter(
         num_tokens=scene_model.num_scene_tokens,
         general=general_answers(language, GENERAL_TRAINING_QUESTIONS) if train.p_general > 0 else (),
         p_general=train.p_general,
+        answers_name_place=train.answers_name_place,
     )
     total_steps = min(train.max_steps, train.epochs * len(loader))
     val_every = train.val_every or len(loader)
@@ -300,6 +301,7 @@ class LmTask:
     num_tokens: int  # K pseudo-tokens per scene
     general: tuple[tuple[str, str], ...] = ()  # (question, the LM's own answer without a scene)
     p_general: float = 0.0
+    answers_name_place: bool = False  # questions.reference_answer(place_everywhere=...)
     _captions: dict[str, Tensor] = field(default_factory=dict)
 
     def place(self, place_id: int) -> str | None:
@@ -485,12 +487,18 @@ def lm_loss(
         if rng is not None and task.general and rng.random() < task.p_general:
             question, answer = rng.choice(task.general)
         elif rng is not None:
-            qa = make_qa(task.labels[labels[i]], place, has_vision=vision, rng=rng)
+            qa = make_qa(
+                task.labels[labels[i]], place, has_vision=vision, rng=rng,
+                place_everywhere=task.answers_name_place,
+            )  # fmt: skip
             question, answer = qa.question, qa.answer
         else:
             possible = families_for(place, has_vision=vision)
             family = possible[n % len(possible)]
-            qa = make_qa(task.labels[labels[i]], place, has_vision=vision, family=family, index=n)
+            qa = make_qa(
+                task.labels[labels[i]], place, has_vision=vision, family=family, index=n,
+                place_everywhere=task.answers_name_place,
+            )  # fmt: skip
             question, answer = qa.question, qa.answer
         questions.append(question)
         answers.append(answer)

@@ -102,6 +102,12 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     _option(stage, defaults, "p_general", float, "share of LM samples with a general-knowledge question")
     _option(stage, defaults, "head_steps", int, "head-only steps on the kept adapter's latents")
     stage.add_argument(
+        "--answers-name-place",
+        action="store_true",
+        default=None,
+        help="activity and yes/no answers name the known place too (questions.reference_answer)",
+    )
+    stage.add_argument(
         "--reinit",
         action="store_true",
         default=None,

@@ -90,6 +90,9 @@ class AdapterTrainConfig:
     caption_steps: int = 1500
     caption_weight: float = 0.2  # the caption loss's weight during the LM steps (keeps tokens word-like)
     p_general: float = 0.1  # share of LM samples that ask a general question, taught its no-scene answer
+    # Activity and yes/no answers name the known place after the activity (questions.reference_answer):
+    # held-out place wordings 0.61 -> 1.00, yes/no and the fused label worse (docs/ABLATIONS.md).
+    answers_name_place: bool = False
     reinit: bool = False  # start fusion, adapter and head from a fresh init (the IMU encoder is kept)
     adapter: str = ""  # "resampler" | "linear" with reinit: switch the adapter kind; "": the folder's
     # "fixed" | "gate": how the modalities are weighted (config.FusionConfig.weighting); "": the folder's.

@@ -363,3 +363,32 @@ def test_head_refit_moves_only_the_head_and_keeps_its_best_validation_state(
     assert wrecking["kept_step"] == 0, wrecking["curve"]
     assert max(c["val_acc_fused"] for c in wrecking["curve"][1:]) < wrecking["val_acc_fused_before"]
     assert all(torch.equal(v, good[k]) for k, v in model.head.state_dict().items())
+
+
+@pytest.mark.parametrize("name_place", [False, True])
+def test_lm_loss_teaches_the_place_in_every_answer_only_when_asked(tiny_lm, name_place, monkeypatch):
+    """``answers_name_place`` reaches the answers the LM is taught: with it, every answer of a sample
+    whose frame is used names the place; without the frame (IMU only) no answer does; without the
+    option the activity and yes/no answers stop after the activity."""
+    from frozen_vlm_perception.training.adapter import LmTask, lm_loss
+
+    taught: list[str] = []
+    real = tiny_lm.answer_loss
+    monkeypatch.setattr(tiny_lm, "answer_loss", lambda z, q, a: taught.extend(a) or real(z, q, a))
+    task = LmTask(
+        language=tiny_lm, labels=["sitting", "walking"], place_names=["cat"], num_tokens=2,
+        answers_name_place=name_place,
+    )  # fmt: skip
+    batch = {"label": torch.tensor([0, 1] * 4), "place_id": torch.zeros(8, dtype=torch.long)}
+    has_vision = torch.tensor([True, False] * 4)
+    rng = random.Random(0)
+    for _ in range(30):
+        loss = lm_loss(task, torch.randn(8, 2, tiny_lm.hidden_size), batch, has_vision, 8, rng)
+        assert loss is not None and torch.isfinite(loss)
+    with_frame, imu_only = taught[0::2], taught[1::2]
+    assert not any("cat" in answer for answer in imu_only)
+    named = ["cat" in answer for answer in with_frame]
+    if name_place:
+        assert all(named)
+    else:
+        assert any(named) and not all(named)  # only the place families name it

@@ -24,9 +24,12 @@ def write_report(
     """report.json, report.md, the plots and, when there are answers, qa_answers.jsonl (one scored
     answer per line: question, answer, truth, what it named, whether it was right)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    answers_file = out_dir / QA_ANSWERS_FILE
     if qa_answers:
-        with open(out_dir / QA_ANSWERS_FILE, "w") as f:
+        with open(answers_file, "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in qa_answers)
+    else:  # a report without QA written over an older one must not keep the older answers beside it
+        answers_file.unlink(missing_ok=True)
     plots = {"confusion": "confusion_fused.png", "alpha_sweep": "alpha_sweep.png"}
     plot_confusion(out_dir / plots["confusion"], np.array(report["confusion_fused"]), report["labels"])
     plot_alpha_sweep(out_dir / plots["alpha_sweep"], report["alpha_sweep"])

@@ -73,7 +73,7 @@ from frozen_vlm_perception.training.common import (
     say,
     set_lr,
     set_seed,
-    update_report,
+    write_json,
 )
 from frozen_vlm_perception.training.config import ADAPTER_MONITORS, AdapterTrainConfig
 from frozen_vlm_perception.training.dataset import EmbeddingDataset, load_train_val
@@ -784,9 +784,7 @@ def _write_folder(
     save_checkpoint(
         out_dir, config=config, dims=scene_model.dims, state_dict=scene_model.state_dict(), metadata=metadata
     )
-    if out_dir != Path(report["from_model"]):
-        _copy_stage1_report(Path(report["from_model"]), out_dir)
-    update_report(out_dir, STAGE, report)
+    _write_report(Path(report["from_model"]), out_dir, report)
     plot_history(
         out_dir / PLOT_FILE,
         history,
@@ -797,15 +795,25 @@ def _write_folder(
     log.info("stage 2 model written to %s", out_dir)
 
 
-def _copy_stage1_report(src: Path, dst: Path) -> None:
+def _write_report(from_model: Path, out_dir: Path, report: dict) -> None:
+    """train_report.json with stage 1's record (and plot) from the folder stage 2 started from, and
+    this run's. Records of later stages there (an earlier stage 2, ``fvp train fusion``) describe
+    another model and are left behind: this run chose its own alpha (``report["fusion"]``)."""
+    import json
     import shutil
 
     from frozen_vlm_perception.training.align import PLOT_FILE as ALIGN_PLOT
+    from frozen_vlm_perception.training.align import STAGE as ALIGN_STAGE
     from frozen_vlm_perception.training.common import REPORT_FILE
 
-    for name in (REPORT_FILE, ALIGN_PLOT):
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
+    try:
+        stage1 = json.loads((from_model / REPORT_FILE).read_text()).get(ALIGN_STAGE)
+    except (OSError, ValueError):
+        stage1 = None
+    if out_dir != from_model and (from_model / ALIGN_PLOT).is_file():
+        shutil.copyfile(from_model / ALIGN_PLOT, out_dir / ALIGN_PLOT)
+    document = {ALIGN_STAGE: stage1} if stage1 is not None else {}
+    write_json(out_dir / REPORT_FILE, document | {STAGE: report})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The fusion weight, chosen by data: an alpha sweep on validation data, and the choice it makes.
 
 Stage 2 ends with ``choose_fusion``: the fused accuracy of the trained model for every alpha of
-``ALPHA_GRID`` on the validation samples, the best alpha stored in the model folder's config (a user
-never tunes it by hand), and, for a model with a learned gate (``fusion.weighting: gate``), the gate's
-own accuracy beside it. ``fvp train fusion`` runs the same on a finished folder without retraining.
+``ALPHA_GRID`` on the validation samples, the best of the ``CHOOSABLE_ALPHAS`` stored in the model
+folder's config (a user never tunes it by hand), and, for a model with a learned gate
+(``fusion.weighting: gate``), the gate's own accuracy beside it. ``fvp train fusion`` runs the same on a
+finished folder without retraining.
 
 Why validation and not training data: on the samples it was trained on, every modality looks
 reliable (the head has seen them), so only held-out samples show which sensor says little.
@@ -29,6 +30,12 @@ from frozen_vlm_perception.training.losses import supervised_ce
 log = logging.getLogger(__name__)
 
 STAGE = "fusion"
+
+# The alphas the sweep may choose: both sensors keep a share. The fused latents feed the language
+# model as well as the head, and alpha 0 (or 1) would hide the camera (or the IMU) from every answer:
+# no answer could name the place (or the motion) however well the labels scored. The sweep still
+# scores the whole ALPHA_GRID, so the single-sensor accuracies stay in the report.
+CHOOSABLE_ALPHAS: tuple[float, ...] = tuple(alpha for alpha in ALPHA_GRID if 0.0 < alpha < 1.0)
 
 
 @torch.no_grad()
@@ -67,10 +74,13 @@ def fused_scores(
     }
 
 
-def best_alpha(sweep: list[dict[str, float]]) -> float:
-    """The alpha with the highest accuracy; among equal accuracies (to 3 decimals: differences
-    below one sample in a thousand are noise) the lowest cross-entropy."""
-    return max(sweep, key=lambda row: (round(row["accuracy"], 3), -row["ce"]))["alpha"]
+def best_alpha(sweep: list[dict[str, float]], choices: tuple[float, ...] = CHOOSABLE_ALPHAS) -> float:
+    """The alpha among ``choices`` with the highest accuracy; among equal accuracies (to 3 decimals:
+    differences below one sample in a thousand are noise) the lowest cross-entropy."""
+    rows = [row for row in sweep if any(abs(row["alpha"] - choice) < 1e-9 for choice in choices)]
+    if not rows:
+        raise ValueError(f"the sweep has none of the choosable alphas {choices}")
+    return max(rows, key=lambda row: (round(row["accuracy"], 3), -row["ce"]))["alpha"]
 
 
 def choose_fusion(

@@ -17,6 +17,7 @@ from frozen_vlm_perception.nn.vision import build_vision_encoder
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.questions import STANDARD_QUESTION
 from frozen_vlm_perception.training.adapter import (
+    _write_report,
     jittered_alpha,
     pooled_latents,
     refit_head,
@@ -120,6 +121,24 @@ def test_stage2_trains_through_the_frozen_lm_and_keeps_frozen_parts(
     assert answer.num_tokens > 0 and (answer.text, answer.num_tokens) == (direct.text, direct.num_tokens)
     saved = load_file(out / "model.safetensors")
     assert all(torch.equal(v, saved[k]) for k, v in pipeline.scene_model.state_dict().items() if k in saved)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_stage2_report_keeps_stage1_and_leaves_records_of_another_model_behind(tmp_path, in_place):
+    """The folder stage 2 starts from may hold an earlier stage 2 and an ``fvp train fusion`` record:
+    both describe another model (the shipped demo once carried a stale alpha that way)."""
+    source = tmp_path / "from"
+    source.mkdir()
+    (source / "train_report.json").write_text(json.dumps(
+        {"align": {"steps": 7}, "adapter": {"steps": 1}, "fusion": {"alpha": 0.1}}
+    ))
+    (source / "train_align.png").write_bytes(b"png")
+    out = source if in_place else tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    _write_report(source, out, {"steps": 2, "fusion": {"alpha": 0.9}})
+    report = json.loads((out / "train_report.json").read_text())
+    assert report == {"align": {"steps": 7}, "adapter": {"steps": 2, "fusion": {"alpha": 0.9}}}
+    assert (out / "train_align.png").read_bytes() == b"png"
 
 
 def test_modality_dropout_respects_missing_imu():

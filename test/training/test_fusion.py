@@ -15,7 +15,7 @@ from frozen_vlm_perception.nn.fusion import ALPHA_GRID
 from frozen_vlm_perception.nn.model import SceneModel
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.training.config import AdapterTrainConfig
-from frozen_vlm_perception.training.fusion import best_alpha, choose_fusion, refit_fusion
+from frozen_vlm_perception.training.fusion import CHOOSABLE_ALPHAS, best_alpha, choose_fusion, refit_fusion
 
 
 def row(alpha, accuracy, ce):
@@ -26,6 +26,16 @@ def test_best_alpha_takes_the_top_accuracy_and_breaks_ties_by_cross_entropy():
     assert best_alpha([row(0.0, 0.80, 0.5), row(0.5, 0.90, 0.9), row(1.0, 0.70, 0.1)]) == 0.5
     assert best_alpha([row(0.0, 0.90, 0.5), row(0.5, 0.9001, 0.3), row(1.0, 0.90, 0.4)]) == 0.5
     assert best_alpha([row(0.2, 0.95, 0.2), row(0.3, 0.95, 0.25)]) == 0.2
+
+
+def test_best_alpha_never_takes_a_sensor_out_of_the_answers():
+    """Alpha 0 hides the camera from the language model (no answer can name the place), alpha 1 the
+    IMU: neither is chosen, however well it scores on labels."""
+    assert CHOOSABLE_ALPHAS == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    sweep = [row(0.0, 0.95, 0.1), row(0.1, 0.90, 0.2), row(0.9, 0.89, 0.1), row(1.0, 0.99, 0.0)]
+    assert best_alpha(sweep) == 0.1
+    with pytest.raises(ValueError, match="none of the choosable alphas"):
+        best_alpha([row(0.0, 0.95, 0.1), row(1.0, 0.99, 0.0)])
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +74,8 @@ def test_choose_fusion_picks_the_alpha_with_the_best_recounted_accuracy(aligned,
     assert [r["alpha"] for r in record["sweep"]] == list(ALPHA_GRID)
     for r in record["sweep"]:
         assert r["accuracy"] == pytest.approx(recount[r["alpha"]], abs=1e-6)
-    assert recount[record["alpha"]] == max(recount.values())
+    assert record["alpha"] in CHOOSABLE_ALPHAS
+    assert recount[record["alpha"]] == max(recount[alpha] for alpha in CHOOSABLE_ALPHAS)
     assert model.fusion.alpha == record["alpha"] == model.config.fusion.alpha
 
 

@@ -100,7 +100,8 @@ def main_eval(args: argparse.Namespace) -> int:
     if qa:
         general = qa["general"]
         print(
-            f"{qa_eval.family_line(qa)}; names something absent {qa['names_absent']['share']:.2f}; "
+            f"{qa_eval.family_line(qa)}; names something absent {qa['names_absent']['share']:.2f} "
+            f"(settled scenes {qa['names_absent']['settled']['accuracy']:.2f}); "
             f"general knowledge {general['no_scene']['accuracy']:.2f} without a scene, "
             f"{general['with_scene']['accuracy']:.2f} with one"
         )

@@ -289,6 +289,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "share": _share(records, "names_absent")["accuracy"],
         "count": sum(bool(r["names_absent"]) for r in records),
         "n": len(records),
+        # Where the label is settled the truth is clear; elsewhere the IMU window spans two activities
+        # and an answer naming the other one counts as absent too.
+        "settled": _share([r for r in records if r.get("settled")], "names_absent"),
         "by_family": {
             f: _share([r for r in records if r["family"] == f], "names_absent") for f in FAMILY_NAMES
         },

@@ -197,6 +197,12 @@ def qa_markdown(qa: dict[str, Any]) -> list[str]:
         f"{_share_text(agree['share'], agree['agree'], agree['n'])} |",
         "",
     ]
+    if "settled" in absent:
+        lines += [
+            f"On settled scenes {_cell_share(absent['settled'])} of the answers name something absent "
+            "(elsewhere the IMU window spans two activities, and naming the other one counts).",
+            "",
+        ]
     general = qa.get("general")
     if general:
         bare, scened = general["no_scene"], general["with_scene"]

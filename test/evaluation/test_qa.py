@@ -171,6 +171,7 @@ def test_summary_tables_and_shares_add_up():
     assert qa["yes_no"]["trained"]["all"]["correct"] == 0 and qa["yes_no"]["truth_yes_share"] == 1.0
     assert math.isnan(qa["place"]["trained"]["all"]["accuracy"]) and qa["place"]["trained"]["all"]["n"] == 0
     assert qa["names_absent"]["count"] == 2 and qa["names_absent"]["n"] == 4  # the park; sitting
+    assert qa["names_absent"]["settled"] == {"accuracy": 1 / 3, "correct": 1, "n": 3}  # the park
     assert qa["agrees_with_head"]["n"] == 3 and qa["agrees_with_head"]["agree"] == 2  # "No." names none
 
 

@@ -103,9 +103,10 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     _option(stage, defaults, "head_steps", int, "head-only steps on the kept adapter's latents")
     stage.add_argument(
         "--answers-name-place",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="activity and yes/no answers name the known place too (questions.reference_answer)",
+        help="activity and yes/no answers name the known place too (questions.reference_answer; "
+        f"default: {'on' if defaults.answers_name_place else 'off'})",
     )
     stage.add_argument(
         "--reinit",

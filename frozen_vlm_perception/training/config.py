@@ -90,9 +90,10 @@ class AdapterTrainConfig:
     caption_steps: int = 1500
     caption_weight: float = 0.2  # the caption loss's weight during the LM steps (keeps tokens word-like)
     p_general: float = 0.1  # share of LM samples that ask a general question, taught its no-scene answer
-    # Activity and yes/no answers name the known place after the activity (questions.reference_answer):
-    # held-out place wordings 0.61 -> 1.00, yes/no and the fused label worse (docs/ABLATIONS.md).
-    answers_name_place: bool = False
+    # Activity and yes/no answers name the known place after the activity (questions.reference_answer).
+    # Without it the LM learns "The person is <activity>." and falls back on it for place questions:
+    # held-out place wordings 0.61 -> 1.00, activity and place 0.60 -> 0.96 (docs/ANSWERS.md).
+    answers_name_place: bool = True
     reinit: bool = False  # start fusion, adapter and head from a fresh init (the IMU encoder is kept)
     adapter: str = ""  # "resampler" | "linear" with reinit: switch the adapter kind; "": the folder's
     # "fixed" | "gate": how the modalities are weighted (config.FusionConfig.weighting); "": the folder's.
@@ -107,7 +108,9 @@ class AdapterTrainConfig:
     val_every: int = 200  # validate every n steps; 0: after every epoch
     val_lm_samples: int = 32  # validation samples that go through the LM
     patience: int = 4  # validations without improvement before stopping
-    monitor: str = "val_loss"
+    # The LM's answer loss alone: the head is refit on the kept latents afterwards (head_steps), and
+    # head CE + LM loss kept a half-trained adapter (step 600 of 1200, docs/ANSWERS.md).
+    monitor: str = "val_lm_loss"
     seed: int = 0
     device: str = "auto"
     progress: bool = True

@@ -115,7 +115,7 @@ def test_stage2_with_a_gate_trusts_the_imu_when_the_camera_says_nothing(
     settings = AdapterTrainConfig(
         max_steps=60, batch_size=16, lm_batch_size=4, lm_loss_every=1000, lr=5e-3, warmup_steps=5,
         val_every=30, val_lm_samples=4, patience=100, caption_steps=0, p_general=0.0, reinit=True,
-        fusion="gate", device="cpu", progress=False,
+        fusion="gate", device="cpu", progress=False, monitor="val_loss",  # a head test: no LM steps
     )
     out = tmp_path / "gated"
     result = train_adapter(
@@ -126,12 +126,14 @@ def test_stage2_with_a_gate_trusts_the_imu_when_the_camera_says_nothing(
         language=tiny_lm,
     )
     fusion = result.report["fusion"]
-    # Chosen by data: the sweep's best accuracy, and it leans to the IMU (the default 0.5 would not). With
-    # the head refit on the kept latents the sweep is flat over 0.2-0.4; which of those wins is the tie
-    # break (lowest cross-entropy), so the bound is the side of 0.5, not a number inside the plateau.
+    # Chosen by data: the sweep's best accuracy among the alphas that keep both sensors, and the sweep
+    # leans to the IMU: flat on its side (0.2-0.5, depending on the run; which of the plateau wins is
+    # the tie break, the lowest cross-entropy), falling as the camera takes over.
     accuracy = {row["alpha"]: row["accuracy"] for row in fusion["sweep"]}
-    assert round(accuracy[fusion["alpha"]], 3) == round(max(accuracy.values()), 3), fusion["sweep"]
-    assert fusion["alpha"] < 0.5, fusion["sweep"]
+    best = max(accuracy[alpha] for alpha in CHOOSABLE_ALPHAS)
+    assert round(accuracy[fusion["alpha"]], 3) == round(best, 3), fusion["sweep"]
+    assert fusion["alpha"] <= 0.5, fusion["sweep"]
+    assert accuracy[0.9] < accuracy[fusion["alpha"]] - 0.1, fusion["sweep"]
     assert accuracy[fusion["alpha"]] > accuracy[1.0] + 0.3, fusion["sweep"]  # the camera alone says little
     assert fusion["gate"]["vision_weight_mean"] < 0.4, fusion["gate"]
     best_single = max(result.best["val_acc_imu"], result.best["val_acc_vision"])

@@ -27,6 +27,10 @@ SCENERY_WORDS: tuple[str, ...] = (
     "garden", "store", "shop", "restaurant", "city", "house", "building", "car", "bus", "dog",
 )  # fmt: skip
 
+# An answer is flagged when the activity head of its scene gives what it says less than this
+# probability (the reasoning node's grounding_min_probability parameter, fvp eval's flag columns).
+DEFAULT_GROUNDING_MIN_PROBABILITY = 0.1
+
 _YES = {"yes", "yeah", "yep", "correct", "true"}
 _NO = {"no", "nope", "not", "false"}
 
@@ -75,7 +79,7 @@ def yes_no(text: str) -> bool | None:
 class Grounding:
     """Whether an answer agrees with the activity head of the scene it was given."""
 
-    status: str  # "agrees" | "contradicts" | "unchecked" (the answer names no activity)
+    status: str  # "agrees" | "contradicts" | "unchecked" (names no activity, no yes/no to check)
     named: tuple[str, ...]  # activities the answer names
     note: str  # human-readable reason, e.g. "names walking (p 0.02), below 0.10"
 
@@ -84,18 +88,53 @@ class Grounding:
         return self.status == "contradicts"
 
 
-def check_grounding(text: str, probabilities: Mapping[str, float], min_probability: float) -> Grounding:
+def check_grounding(
+    text: str, probabilities: Mapping[str, float], min_probability: float, question: str = ""
+) -> Grounding:
     """Grounding of ``text`` against the head's ``{label: probability}`` of the same scene.
 
     An answer that names an activity the head gives less than ``min_probability`` contradicts the
     head (flagged); one whose every named activity reaches it agrees; one naming none is unchecked.
+    Given the ``question``, a yes or no to a yes/no question about an activity predicate
+    (questions.asked_predicate: moving, lying, ...) contradicts the head too when the head gives
+    that answer less than ``min_probability``: the probability of the labels the predicate holds for
+    (for yes) or of the others (for no). The frozen LM often names the right activity and then gets
+    the yes/no wrong ("Is the person moving?" -> "No, the person is walking."); this catches it.
     """
     named = tuple(named_activities(text, list(probabilities)))
+    said = _said_yes_no(text, question, probabilities)
+    said_note = ""
+    if said is not None:
+        predicate, answer_yes, p_said = said
+        said_note = f"says {'yes' if answer_yes else 'no'} to {predicate} (p {p_said:.2f})"
+        if p_said < min_probability:
+            return Grounding("contradicts", named, f"{said_note}, below {min_probability:.2f}")
     if not named:
+        if said_note:
+            return Grounding("agrees", (), said_note)
         return Grounding("unchecked", (), "the answer names no activity")
     weak = [(n, probabilities[n]) for n in named if probabilities[n] < min_probability]
     if weak:
         listed = ", ".join(f"{n} (p {p:.2f})" for n, p in weak)
         return Grounding("contradicts", named, f"names {listed}, below {min_probability:.2f}")
     listed = ", ".join(f"{n} (p {probabilities[n]:.2f})" for n in named)
-    return Grounding("agrees", named, f"names {listed}")
+    return Grounding("agrees", named, f"names {listed}" + (f"; {said_note}" if said_note else ""))
+
+
+def _said_yes_no(
+    text: str, question: str, probabilities: Mapping[str, float]
+) -> tuple[str, bool, float] | None:
+    """(predicate, the answer's yes/no, the head's probability of that answer) when ``text`` answers
+    a yes/no ``question`` about a predicate the head's labels can decide; else None."""
+    from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS
+    from frozen_vlm_perception.questions import PREDICATES, asked_predicate
+
+    answer_yes = yes_no(text)
+    if answer_yes is None or not question:
+        return None
+    predicate = asked_predicate(question)
+    # The predicates are written for the demo's activity labels; another label set is not judged.
+    if predicate is None or not set(probabilities) <= set(DEFAULT_ACTIVITY_LABELS):
+        return None
+    p_yes = sum(p for label, p in probabilities.items() if PREDICATES[predicate](label))
+    return predicate, answer_yes, p_yes if answer_yes else 1.0 - p_yes

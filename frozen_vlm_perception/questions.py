@@ -24,6 +24,7 @@ well with a scene in its prompt as without one.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -246,6 +247,32 @@ def yes_no_truth(question: str, label: str) -> bool:
     if question not in YES_NO_PREDICATE:
         raise KeyError(f"{question!r} is not one of the yes/no wordings")
     return PREDICATES[YES_NO_PREDICATE[question]](label)
+
+
+# What a yes/no question a user writes asks about: a yes/no opening and the words of one predicate.
+# Every yes/no wording above reads as its own predicate this way (tested).
+_YES_NO_OPENING = re.compile(r"^\W*(is|are|was|were|does|do|did|can|could|has|have)\b", re.IGNORECASE)
+_PREDICATE_WORDS: dict[str, re.Pattern[str]] = {
+    "stairs": re.compile(r"\b(stairs?|upstairs|downstairs|staircase)\b", re.IGNORECASE),
+    "lying": re.compile(r"\b(lying|lie|lies|laying)\b", re.IGNORECASE),
+    "sitting": re.compile(r"\b(sit|sits|sitting|seated)\b", re.IGNORECASE),
+    "standing": re.compile(r"\b(stand|stands|standing)\b", re.IGNORECASE),
+    "moving": re.compile(r"\b(move|moves|moving|motion|walk|walks|walking)\b", re.IGNORECASE),
+}
+
+
+def asked_predicate(question: str) -> str | None:
+    """The PREDICATES key a yes/no question asks about ("Is the person moving?" -> "moving"), or
+    None: not a yes/no question, no predicate's words, or the words of several ("Is the person
+    walking or sitting?")."""
+    if question in YES_NO_PREDICATE:
+        return YES_NO_PREDICATE[question]
+    if not _YES_NO_OPENING.match(question):
+        return None
+    found = [name for name, words in _PREDICATE_WORDS.items() if words.search(question)]
+    if set(found) == {"stairs", "moving"}:
+        return "stairs"  # "walking up the stairs" asks about the stairs
+    return found[0] if len(found) == 1 else None
 
 
 def families_for(place: str | None, *, has_vision: bool) -> list[str]:

@@ -122,3 +122,29 @@ def test_grounding_reads_the_longer_label_only():
     p = probabilities(walking_upstairs=0.9, walking=0.001)
     assert check_grounding("The person is walking upstairs.", p, 0.1).status == "agrees"
     assert check_grounding("The person is walking upstairs, not just walking.", p, 0.1).flagged
+
+
+def test_grounding_catches_a_yes_or_no_the_head_contradicts():
+    """The frozen LM often names the right activity and gets the yes/no wrong: with the question,
+    a no to "moving?" where the head is sure of walking is flagged, however right the activity."""
+    p = probabilities(walking=0.85, walking_upstairs=0.1)  # moving: p 0.95 + a share of the rest
+    wrong = check_grounding("No, the person is walking.", p, 0.1, "Is the person moving right now?")
+    assert wrong.flagged and wrong.named == ("walking",)
+    assert wrong.note.startswith("says no to moving (p 0.0") and wrong.note.endswith("below 0.10")
+    right = check_grounding("Yes, the person is walking.", p, 0.1, "Is the person moving right now?")
+    assert right.status == "agrees" and right.note.startswith("names walking (p 0.85); says yes to moving")
+    # Without the question (or to a question about no predicate) only the named activity is checked.
+    assert check_grounding("No, the person is walking.", p, 0.1).status == "agrees"
+    assert check_grounding("No, the person is walking.", p, 0.1, "Is it raining?").status == "agrees"
+    # A bare yes/no is checked too, and a head that is unsure flags neither answer.
+    assert check_grounding("No.", p, 0.1, "Is the person walking?").flagged
+    assert check_grounding("Yes.", p, 0.1, "Is the person lying down?").flagged
+    assert check_grounding("No.", p, 0.1, "Is the person lying down?").status == "agrees"
+    unsure = probabilities(walking=0.5, sitting=0.45)
+    for text in ("Yes.", "No."):
+        assert not check_grounding(text, unsure, 0.1, "Is the person moving?").flagged
+
+
+def test_grounding_judges_yes_no_only_for_the_labels_its_predicates_know():
+    custom = {"walking": 0.9, "cycling": 0.1}  # a user's own label set
+    assert check_grounding("No.", custom, 0.1, "Is the person moving?").status == "unchecked"

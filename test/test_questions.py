@@ -122,3 +122,27 @@ def test_scene_caption():
     assert Q.scene_caption("walking upstairs", "cat") == "walking upstairs cat"
     assert Q.scene_caption("sitting", "kitchen_table") == "sitting kitchen table"
     assert Q.scene_caption("lying", None) == "lying"
+
+
+def test_every_yes_no_wording_reads_as_its_own_predicate_by_its_words():
+    """asked_predicate must read the wordings stage 2 and evaluation use by their words alone, so
+    that a user's own yes/no question is checked the same way."""
+    for question, predicate in Q.YES_NO_PREDICATE.items():
+        assert Q.asked_predicate(question) == predicate
+        assert Q.asked_predicate(question.replace("the person", "she")) == predicate, question
+
+
+@pytest.mark.parametrize(
+    ("question", "predicate"),
+    [
+        ("Are they walking up the stairs?", "stairs"),
+        ("Does the person lie on the floor?", "lying"),
+        ("is anyone seated here", "sitting"),
+        ("Can you tell me if the person is in motion?", "moving"),
+        ("What is the person doing?", None),  # not a yes/no question
+        ("Is it raining?", None),  # no predicate
+        ("Is the person walking or sitting?", None),  # two predicates: not one yes/no
+    ],
+)
+def test_asked_predicate_of_a_users_question(question, predicate):
+    assert Q.asked_predicate(question) == predicate

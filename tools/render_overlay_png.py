@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     scene = pipeline.encode_one(sample.frame, sample.imu_window.data)
     answer = pipeline.answer(scene, args.question, max_new_tokens=args.max_new_tokens).text
     min_p = {s.name: s.default for s in reasoning_node.PARAMS}["grounding_min_probability"]
-    grounding = check_grounding(answer, dict(zip(scene.labels, map(float, scene.scores), strict=True)), min_p)
+    probabilities = dict(zip(scene.labels, map(float, scene.scores), strict=True))
+    grounding = check_grounding(answer, probabilities, min_p, args.question)
     text = OverlayText(scene.label, scene.confidence, scene.source, args.question, answer,
                        grounding.status, grounding.flagged)
     image = render_overlay(sample.frame, text, args.scale)

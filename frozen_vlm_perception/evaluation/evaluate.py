@@ -210,6 +210,7 @@ def evaluate(
             max_new_tokens=qa_max_new_tokens,
             progress=progress,
             answers_out=qa_answers,
+            head_probabilities=outputs["fused"]["logits"].float().softmax(1).numpy(),
         )
     report["latency_ms"] = measure_latency(pipeline, data, latency_frames)
     tsne = tsne_points(image_pooled, imu_pooled, target, tsne_samples) if tsne_samples > 0 else None

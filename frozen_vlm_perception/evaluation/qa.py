@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from frozen_vlm_perception.answers import invented_scenery, named_activities, named_places, yes_no
+from frozen_vlm_perception.answers import (
+    DEFAULT_GROUNDING_MIN_PROBABILITY,
+    check_grounding,
+    invented_scenery,
+    named_activities,
+    named_places,
+    yes_no,
+)
 from frozen_vlm_perception.questions import (
     FAMILIES,
     FAMILY_NAMES,
@@ -68,6 +75,11 @@ RULES: dict[str, str] = {
     "true one, or invented scenery (answers.invented_scenery: park, street, kitchen, ... not in the true "
     "place's phrase); for yes/no answers only other activities and places count, and an activity the "
     "question itself names does not count in an answer that says no",
+    "flagged": "the reasoning node's grounding check (answers.check_grounding, min probability "
+    f"{DEFAULT_GROUNDING_MIN_PROBABILITY}) on the fused head's probabilities for the same scene: an answer "
+    "naming an activity the head gives less, or saying yes/no to an activity predicate where the head "
+    "gives that answer less, is flagged; reported as the share of wrong answers flagged (caught) and of "
+    "right answers flagged (false alarms)",
     "settled": "a scene is settled when its IMU window (frame stamp - window length .. frame stamp) lies "
     "inside one labelled segment: no ground-truth label change in it",
     "general": "a general-knowledge answer counts when it contains one of the accepted words (whole word, "
@@ -296,6 +308,19 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             f: _share([r for r in records if r["family"] == f], "names_absent") for f in FAMILY_NAMES
         },
     }
+    checked = [r for r in records if r.get("flagged") is not None]
+    if checked:
+        # What the grounding flag would tell a robot: the share of wrong answers it catches and of
+        # right answers it flags by mistake.
+        def flag_shares(rows: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                "wrong": _share([r for r in rows if not r["correct"]], "flagged"),
+                "right": _share([r for r in rows if r["correct"]], "flagged"),
+            }
+
+        out["flagged"] = flag_shares(checked) | {
+            "by_family": {f: flag_shares([r for r in checked if r["family"] == f]) for f in FAMILY_NAMES}
+        }
     out["accuracy"] = out["activity"]["trained"]["settled"]["accuracy"]
     return out
 
@@ -312,13 +337,21 @@ def record(
     labels: Sequence[str],
     place_keys: Sequence[str],
     head_label: str | None = None,
+    head_probabilities: Sequence[float] | None = None,
+    min_probability: float = DEFAULT_GROUNDING_MIN_PROBABILITY,
     **extra: Any,
 ) -> dict[str, Any]:
-    """One scored answer as a JSON-able dict (what ``summarize`` reads)."""
+    """One scored answer as a JSON-able dict (what ``summarize`` reads). ``head_probabilities``: the
+    head's probability per label of ``labels`` for the scene; with them, ``flagged`` says whether the
+    reasoning node's grounding check (answers.check_grounding) would flag the answer."""
     scored = score_answer(
         family, question, answer, label=label, place=place, labels=labels, place_keys=place_keys,
         head_label=head_label,
     )  # fmt: skip
+    flagged = None
+    if head_probabilities is not None:
+        probabilities = dict(zip(labels, map(float, head_probabilities), strict=True))
+        flagged = check_grounding(answer, probabilities, min_probability, question).flagged
     return {
         "family": family,
         "held_out": held_out,
@@ -331,6 +364,7 @@ def record(
         "correct": scored.correct,
         "names_absent": scored.names_absent,
         "agrees_with_head": scored.agrees_with_head,
+        "flagged": flagged,
         "named": {"activities": list(scored.activities), "places": list(scored.places)},
         "invented": list(scored.invented),
         "truth_yes": yes_no_truth(question, label) if family == "yes_no" else None,
@@ -371,11 +405,13 @@ def evaluate_qa(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     answers_out: list[dict[str, Any]] | None = None,
+    head_probabilities: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The ``qa`` section of the report (module doc).
 
     ``samples``: an EmbeddingSet; ``target`` / ``head_pred``: (M,) indices into the model's labels
     (truth and the fused head's prediction); ``settled_mask``: (M,) bool (None: no scene is settled).
+    ``head_probabilities``: (M, L) the fused head's probabilities, for the grounding flag's shares.
     ``answers_out``: when given, every scored answer (``record``'s dict) is appended to it, so that a
     caller can keep them all (``fvp eval`` writes them to qa_answers.jsonl).
     """
@@ -434,6 +470,7 @@ def evaluate_qa(
                 labels=labels,
                 place_keys=place_keys,
                 head_label=labels[int(head_pred[index])],
+                head_probabilities=head_probabilities[index] if head_probabilities is not None else None,
                 stamp=float(samples.stamps[index]),
             )
         )

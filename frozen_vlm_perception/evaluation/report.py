@@ -197,6 +197,21 @@ def qa_markdown(qa: dict[str, Any]) -> list[str]:
         f"{_share_text(agree['share'], agree['agree'], agree['n'])} |",
         "",
     ]
+    flagged = qa.get("flagged")
+    if flagged:
+        lines += [
+            "The grounding flag (what `QueryScene` would say about each answer, rule below):",
+            "",
+            "| family | wrong answers flagged | right answers flagged |",
+            "|---|---|---|",
+            *(
+                f"| {f} | {_cell_share(flagged['by_family'][f]['wrong'])} | "
+                f"{_cell_share(flagged['by_family'][f]['right'])} |"
+                for f in FAMILY_NAMES
+            ),
+            f"| **all** | {_cell_share(flagged['wrong'])} | {_cell_share(flagged['right'])} |",
+            "",
+        ]
     if "settled" in absent:
         lines += [
             f"On settled scenes {_cell_share(absent['settled'])} of the answers name something absent "

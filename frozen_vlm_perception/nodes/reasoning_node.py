@@ -55,7 +55,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.task import Future
 from std_msgs.msg import String
 
-from frozen_vlm_perception.answers import Grounding, check_grounding
+from frozen_vlm_perception.answers import DEFAULT_GROUNDING_MIN_PROBABILITY, Grounding, check_grounding
 from frozen_vlm_perception.config import LanguageConfig
 from frozen_vlm_perception.conversions import stamp_to_ns
 from frozen_vlm_perception.nodes.device import free_cuda_cache, is_out_of_memory
@@ -103,9 +103,11 @@ PARAMS: list[ParamSpec] = [
               "against 19-20 with 0 or 10; answers took about 25% longer (docs/BENCHMARKS.md). With "
               "torch_threads 1 all of generation runs in that thread.", (0, 19)),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics.", (0.1, 3600.0)),
-    ParamSpec("grounding_min_probability", 0.1,
+    ParamSpec("grounding_min_probability", DEFAULT_GROUNDING_MIN_PROBABILITY,
               "Grounding check: an answer that names an activity the activity head of the same scene gave "
-              "less than this probability is flagged (grounding 'contradicts' in the response).", (0.0, 1.0)),
+              "less than this probability, or says yes/no to a question about an activity predicate "
+              "('Is the person moving?') where the head gives that answer less, is flagged (grounding "
+              "'contradicts' in the response).", (0.0, 1.0)),
 ]
 PARAM_NAMES = frozenset(s.name for s in PARAMS)
 
@@ -354,13 +356,16 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         with self._history_lock:
             return self._activities.get(record.stamp_ns, NO_ACTIVITY)
 
-    def grounding_of(self, answer: str, activity: SceneActivity) -> Grounding:
-        """How ``answer`` agrees with the head's probabilities for its scene (answers.check_grounding)."""
+    def grounding_of(self, answer: str, activity: SceneActivity, question: str = "") -> Grounding:
+        """How ``answer`` (to ``question``) agrees with the head's probabilities for its scene
+        (answers.check_grounding)."""
         if not activity.probabilities:
             why = "no activity label arrived for this scene" if not activity.label else \
                 "the scene's activity label carries no per-label probabilities"
             return Grounding("unchecked", (), why)
-        return check_grounding(answer, activity.probabilities, self._values["grounding_min_probability"])
+        return check_grounding(
+            answer, activity.probabilities, self._values["grounding_min_probability"], question
+        )
 
     # ----------------------------------------------------------------------------------------------
     # Questions
@@ -402,7 +407,7 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
             response.activity, response.confidence = activity.label, activity.confidence
             response.scene_stamp = job.record.stamp
             if outcome.success:
-                grounding = self.grounding_of(outcome.answer, activity)
+                grounding = self.grounding_of(outcome.answer, activity, job.question)
                 response.grounding, response.flagged = grounding.status, grounding.flagged
                 response.grounding_note = grounding.note
                 self.counters.add(f"grounding:{grounding.status}")

@@ -308,3 +308,30 @@ def test_evaluate_qa_on_a_small_bag(small_bag, model_dir, tmp_path):
     text = "\n".join(qa_markdown(qa))
     assert "Scoring rules" in text and "General-knowledge" in text
     assert all(f"**{family}**" in text for family in FAMILY_NAMES)
+
+
+def test_flag_shares_count_wrong_answers_caught_and_right_answers_flagged():
+    """``flagged`` is the reasoning node's grounding check on the head's probabilities; the summary
+    says how many wrong answers it catches and how many right ones it flags by mistake."""
+    sure_walking = [0.95 if label == "walking" else 0.01 for label in LABELS]
+
+    def row(family: str, question: str, answer: str, probs) -> dict:
+        return record(
+            family, question, answer, held_out=False, label="walking", place="cat", settled=True,
+            labels=LABELS, place_keys=PLACES, head_label="walking", head_probabilities=probs,
+        )  # fmt: skip
+
+    rows = [
+        row("yes_no", "Is the person moving?", "No, the person is walking.", sure_walking),  # wrong, caught
+        row("yes_no", "Is the person moving?", "Yes, the person is walking.", sure_walking),  # right
+        row("activity", "What is the person doing?", "The person is sitting.", sure_walking),  # wrong, caught
+        row("activity", "What is the person doing?", "The person is walking.", sure_walking),  # right
+        row("activity", "What is the person doing?", "The person is walking.", None),  # not checked
+    ]
+    assert [r["flagged"] for r in rows] == [True, False, True, False, None]
+    flagged = summarize(rows)["flagged"]
+    assert flagged["wrong"] == {"accuracy": 1.0, "correct": 2, "n": 2}
+    assert flagged["right"] == {"accuracy": 0.0, "correct": 0, "n": 2}
+    by_family = flagged["by_family"]
+    assert by_family["yes_no"]["wrong"]["n"] == 1 and by_family["place"]["wrong"]["n"] == 0
+    assert "flagged" not in summarize(rows[-1:])

@@ -40,6 +40,7 @@ SCENES: dict[int, list[float] | None] = {
     1020: head(MIN_PROBABILITY),  # exactly the threshold: not less, so it agrees
     1030: head(0.24),  # just below it: contradicts (it would agree with the default 0.1)
     1040: None,  # no activity label for this scene: unchecked
+    1050: [1.0 if label == "lying" else 0.0 for label in LABELS],  # the head is sure of lying
 }
 
 
@@ -60,13 +61,26 @@ def reasoning(model_dir, tmp_path_factory):
     child.stop()
 
 
+# Scene 1050 is models/demo's own latents for a still IMU window (gravity on z): the LM reads it as
+# lying and answers "Is the person moving?" with "Yes, the person is lying." (a yes/no the trained
+# adapter gets wrong, which the grounding check is there to catch).
+DEMO_SCENE = 1050
+
+
 @pytest.fixture(scope="module")
 def scene_tokens(language_model):
+    """{stamp seconds: the latents (K, D) of that scene}."""
     import torch
 
-    lm = language_model
-    ids = lm.tokenizer(" " + SCENE_WORDS, add_special_tokens=False)["input_ids"]
-    return lm.embed_ids(torch.tensor(ids)).detach().cpu().numpy().astype(np.float32)
+    from frozen_vlm_perception.pipeline import PerceptionPipeline
+
+    ids = language_model.tokenizer(" " + SCENE_WORDS, add_special_tokens=False)["input_ids"]
+    words = language_model.embed_ids(torch.tensor(ids)).detach().cpu().numpy().astype(np.float32)
+    demo = PerceptionPipeline.from_model_dir("models/demo", device="cpu", load_language=False)
+    still = np.zeros((demo.config.imu.window_samples, demo.config.imu.channels), np.float32)
+    still[:, 2] = 9.81
+    lying = demo.encode_one(np.zeros((48, 64, 3), np.uint8), still, mode="imu").latents
+    return {sec: lying if sec == DEMO_SCENE else words for sec in SCENES}
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +108,11 @@ def ros(reasoning, scene_tokens):
         while latents_pub.get_subscription_count() < 1 or activity_pub.get_subscription_count() < 1:
             assert time.monotonic() < deadline, "the reasoning node never subscribed to the test topics"
             time.sleep(0.1)
-        num, dim = scene_tokens.shape
         for sec, scores in SCENES.items():
+            tokens = scene_tokens[sec]
             msg = SceneLatents(
-                num_latents=num, dim=dim, data=scene_tokens.ravel().tolist(), modalities=["vision", "imu"]
+                num_latents=tokens.shape[0], dim=tokens.shape[1], data=tokens.ravel().tolist(),
+                modalities=["vision", "imu"],
             )
             msg.header.stamp, msg.header.frame_id = Time(sec=sec), "camera"
             latents_pub.publish(msg)
@@ -144,10 +159,11 @@ def ask_query(ros, sec: int, question: str = QUESTION):
     return call(ros.query, request, 90)
 
 
-def expected(answer: str, sec: int):
-    """What check_grounding says about ``answer`` given the scores published for scene ``sec``."""
+def expected(answer: str, sec: int, question: str = QUESTION):
+    """What check_grounding says about ``answer`` to ``question`` given the scores published for
+    scene ``sec``."""
     scores = np.asarray(SCENES[sec], dtype=np.float32).tolist()
-    return check_grounding(answer, dict(zip(LABELS, scores, strict=True)), MIN_PROBABILITY)
+    return check_grounding(answer, dict(zip(LABELS, scores, strict=True)), MIN_PROBABILITY, question)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,6 +203,20 @@ def test_query_response_says_whether_the_answer_agrees_with_the_head(ros, sec, s
     best = int(np.argmax(SCENES[sec]))
     assert response.activity == LABELS[best]
     assert response.confidence == pytest.approx(SCENES[sec][best])
+
+
+def test_a_yes_the_head_contradicts_is_flagged_by_what_it_says(ros):
+    """The node checks the answer's yes/no against the head with the question it was asked: the
+    scene reads as lying and the head is sure of lying, yet the LM says yes to "moving?". The
+    activity it names agrees with the head; only the question shows the answer is wrong."""
+    question = "Is the person moving?"
+    response = ask_query(ros, DEMO_SCENE, question)
+    assert response.success, response.message
+    assert response.answer.startswith("Yes, the person is lying"), response.answer
+    assert expected(response.answer, DEMO_SCENE, "").status == "agrees"  # without the question
+    want = expected(response.answer, DEMO_SCENE, question)
+    assert (response.grounding, response.flagged, response.grounding_note) == (want.status, True, want.note)
+    assert response.grounding_note == "says yes to moving (p 0.00), below 0.25"
 
 
 def test_a_scene_without_an_activity_label_is_unchecked(ros):

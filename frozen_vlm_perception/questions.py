@@ -252,6 +252,7 @@ def yes_no_truth(question: str, label: str) -> bool:
 # What a yes/no question a user writes asks about: a yes/no opening and the words of one predicate.
 # Every yes/no wording above reads as its own predicate this way (tested).
 _YES_NO_OPENING = re.compile(r"^\W*(is|are|was|were|does|do|did|can|could|has|have)\b", re.IGNORECASE)
+_NEGATION = re.compile(r"\b(not|never|no longer)\b|n't\b", re.IGNORECASE)
 _PREDICATE_WORDS: dict[str, re.Pattern[str]] = {
     "stairs": re.compile(r"\b(stairs?|upstairs|downstairs|staircase)\b", re.IGNORECASE),
     "lying": re.compile(r"\b(lying|lie|lies|laying)\b", re.IGNORECASE),
@@ -263,12 +264,12 @@ _PREDICATE_WORDS: dict[str, re.Pattern[str]] = {
 
 def asked_predicate(question: str) -> str | None:
     """The PREDICATES key a yes/no question asks about ("Is the person moving?" -> "moving"), or
-    None: not a yes/no question, no predicate's words, or the words of several ("Is the person
-    walking or sitting?")."""
+    None: not a yes/no question, a negated one, no predicate's words, or the words of several ("Is
+    the person walking or sitting?")."""
     if question in YES_NO_PREDICATE:
         return YES_NO_PREDICATE[question]
-    if not _YES_NO_OPENING.match(question):
-        return None
+    if not _YES_NO_OPENING.match(question) or _NEGATION.search(question):
+        return None  # "Is the person not moving?": a yes means the opposite; not judged
     found = [name for name, words in _PREDICATE_WORDS.items() if words.search(question)]
     if set(found) == {"stairs", "moving"}:
         return "stairs"  # "walking up the stairs" asks about the stairs

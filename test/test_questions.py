@@ -142,6 +142,8 @@ def test_every_yes_no_wording_reads_as_its_own_predicate_by_its_words():
         ("What is the person doing?", None),  # not a yes/no question
         ("Is it raining?", None),  # no predicate
         ("Is the person walking or sitting?", None),  # two predicates: not one yes/no
+        ("Is the person not moving?", None),  # negated: a yes means the opposite
+        ("Isn't she lying down?", None),
     ],
 )
 def test_asked_predicate_of_a_users_question(question, predicate):

@@ -170,7 +170,12 @@ def test_query_service_answers_from_another_process(ros):
 
 
 def test_query_about_a_given_stamp(ros):
-    wanted = ros.latents.messages()[-20].header.stamp  # still in the node's history (300 scenes)
+    # A stamp the node holds: that of its newest scene, from a one-token answer. (This test's own
+    # latents subscriber lagged the node by 20 s on a loaded machine, past its 300-scene history.)
+    newest = ask_query(ros, max_new_tokens=1)
+    assert newest.success, newest.message
+    wanted = newest.scene_stamp
+    assert stamp_ns(wanted) in ros.stream.stamps()
     response = ask_query(ros, stamp=wanted)
     assert response.success, response.message
     assert stamp_ns(response.scene_stamp) == stamp_ns(wanted)

@@ -223,13 +223,12 @@ def reference_answer(
     """The sentence stage 2 teaches for ``question`` of ``family`` about (label, place); ``place``
     None when the scene does not know it (no frame used, or no place in the recording).
 
-    ``place_everywhere`` (``fvp train adapter --answers-name-place``): where the place is known, the
-    activity and yes/no answers go on to name it too ("The person is sitting next to a cat.",
-    "Yes, the person is walking next to a cat."). With the default, those answers stop after the
-    activity, and the LM stopped there too for place wordings it had not seen: 9 in 10 wrong
-    answers to the held-out place and activity-and-place wordings were "The person is <activity>."
-    The option fixes those and costs yes/no and the activity's share (docs/ABLATIONS.md section 4).
-    A place answer names only the place either way."""
+    ``place_everywhere`` (stage 2's ``answers_name_place``, on by default there): where the place is
+    known, the activity and yes/no answers go on to name it too ("The person is sitting next to a
+    cat.", "Yes, the person is walking next to a cat."). Without it those answers stop after the
+    activity, and the LM stopped there too for place wordings it had not seen: 9 in 10 wrong answers
+    to the held-out place and activity-and-place wordings were "The person is <activity>."
+    (docs/ANSWERS.md, "Where the place got lost"). A place answer names only the place either way."""
     scene = label if place is None or not place_everywhere else f"{label} {place_phrase(place)}"
     if family == "activity":
         return f"The person is {scene}."

@@ -36,10 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image
 
-    from frozen_vlm_perception.answers import check_grounding
+    from frozen_vlm_perception.answers import DEFAULT_GROUNDING_MIN_PROBABILITY, check_grounding
     from frozen_vlm_perception.config import SyncConfig
     from frozen_vlm_perception.data.bags import ACTIVITY_TOPIC, PLACE_TOPIC, read_paired_samples
-    from frozen_vlm_perception.nodes import reasoning_node
     from frozen_vlm_perception.overlay import OverlayText, render_overlay
     from frozen_vlm_perception.pipeline import PerceptionPipeline
 
@@ -56,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     scene = pipeline.encode_one(sample.frame, sample.imu_window.data)
     answer = pipeline.answer(scene, args.question, max_new_tokens=args.max_new_tokens).text
-    min_p = {s.name: s.default for s in reasoning_node.PARAMS}["grounding_min_probability"]
     probabilities = dict(zip(scene.labels, map(float, scene.scores), strict=True))
-    grounding = check_grounding(answer, probabilities, min_p, args.question)
+    grounding = check_grounding(answer, probabilities, DEFAULT_GROUNDING_MIN_PROBABILITY, args.question)
     text = OverlayText(scene.label, scene.confidence, scene.source, args.question, answer,
                        grounding.status, grounding.flagged)
     image = render_overlay(sample.frame, text, args.scale)

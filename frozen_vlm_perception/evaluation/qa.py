@@ -338,7 +338,6 @@ def record(
     place_keys: Sequence[str],
     head_label: str | None = None,
     head_probabilities: Sequence[float] | None = None,
-    min_probability: float = DEFAULT_GROUNDING_MIN_PROBABILITY,
     **extra: Any,
 ) -> dict[str, Any]:
     """One scored answer as a JSON-able dict (what ``summarize`` reads). ``head_probabilities``: the
@@ -351,7 +350,7 @@ def record(
     flagged = None
     if head_probabilities is not None:
         probabilities = dict(zip(labels, map(float, head_probabilities), strict=True))
-        flagged = check_grounding(answer, probabilities, min_probability, question).flagged
+        flagged = check_grounding(answer, probabilities, DEFAULT_GROUNDING_MIN_PROBABILITY, question).flagged
     return {
         "family": family,
         "held_out": held_out,

@@ -82,3 +82,40 @@ def test_nothing_waits_past_the_deadline():
     with pytest.raises(ServiceTimeout, match="3 attempts"):
         retry_future(start, deadline=t0 + 0.9, attempt_timeout=0.3, executor=FakeExecutor())
     assert time.monotonic() - t0 < 1.5 and all(f.cancelled for f in start.made)
+
+
+def test_every_attempt_of_a_call_carries_one_request_id():
+    from frozen_vlm_perception.nodes.service_call import call_service
+    from frozen_vlm_perception_interfaces.srv import QueryScene
+
+    class LosingClient:
+        """The first two replies are lost; the ids each attempt carried are kept."""
+
+        srv_name = "/reasoning/query"
+
+        def __init__(self):
+            self.sent: list[str] = []
+
+        def service_is_ready(self) -> bool:
+            return True
+
+        def call_async(self, request) -> FakeFuture:
+            self.sent.append(request.request_id)
+            answer_at = None if len(self.sent) < 3 else time.monotonic()
+            return FakeFuture(answer_at, QueryScene.Response(success=True))
+
+        def remove_pending_request(self, future) -> None:
+            pass
+
+    client = LosingClient()
+    assert call_service(client, QueryScene.Request(question="q?"), timeout=5, attempt_timeout=0.1,
+                        executor=FakeExecutor()).success
+    assert len(client.sent) == 3 and len(set(client.sent)) == 1 and len(client.sent[0]) == 32, client.sent
+    other = LosingClient()  # a new call is a new question: a new id; an id the caller chose is kept
+    call_service(other, QueryScene.Request(question="q?"), timeout=5, attempt_timeout=0.1,
+                 executor=FakeExecutor())
+    assert other.sent[0] != client.sent[0]
+    mine = LosingClient()
+    call_service(mine, QueryScene.Request(question="q?", request_id="mine"), timeout=5, attempt_timeout=0.1,
+                 executor=FakeExecutor())
+    assert set(mine.sent) == {"mine"}

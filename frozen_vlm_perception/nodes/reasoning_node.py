@@ -16,6 +16,11 @@ The scene subscription only stores the latents in a bounded history (``history_s
 answer never holds it up. Answers are generated one at a time by a worker thread of the node's own;
 questions wait in a bounded queue (``queue_size``) and are refused with "busy" when it is full.
 
+Resent questions: a client whose reply was lost (or slow) sends its QueryScene request again. With the
+same non-empty ``request_id`` the resent request joins the question already waiting or being answered,
+or gets the answer of one answered recently (the last ``REMEMBERED_REQUESTS``), so a retry never costs
+a second generation nor takes a queue slot from another caller (counted as ``retries_joined``).
+
 Executor arrangement (measured, see latency_probe and the package notes): with the default
 single-threaded executor the service and action callbacks are coroutines that *await* the worker's
 result, so the executor keeps serving scenes, lifecycle requests and further questions while an
@@ -112,6 +117,10 @@ PARAMS: list[ParamSpec] = [
 PARAM_NAMES = frozenset(s.name for s in PARAMS)
 
 ANSWERS_HISTORY = 1000  # latencies kept for diagnostics
+# QueryScene request ids remembered (with their question and answer) so that a resent request joins
+# or replays its question. A client resends within its own timeout (seconds to a minute), while at
+# most 1 + queue_size questions are in flight: 64 covers any realistic retry window.
+REMEMBERED_REQUESTS = 64
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,7 @@ class Job:
     record: SceneRecord
     max_new_tokens: int
     deadline: float  # time.monotonic()
+    asked: tuple = ()  # (question, stamp sec, nanosec, max_new_tokens) as requested: a resent request's match
     on_text: Callable[[str], None] | None = None
     cancel_requested: Callable[[], bool] | None = None
     outcome: Outcome | None = None
@@ -174,6 +184,8 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         self._activities: collections.OrderedDict[int, SceneActivity] = collections.OrderedDict()
         self._history_lock = threading.Lock()
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=1)
+        # request_id -> its Job (waiting, being answered or answered); only the executor thread uses it.
+        self._requests: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._active = False
         self._answering = False
         self._worker_nice: int | None = None  # the generating thread's niceness (diagnostics)
@@ -252,6 +264,7 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=30.0)  # should_stop() ends a generation within one token
         self._fail_waiting("the node was deactivated")
+        self._requests.clear()  # a model loaded later must answer a resent question itself
         if self.pipeline is not None:
             self.pipeline = None
             gc.collect()  # torch modules hold reference cycles: free the weights now, not later
@@ -398,7 +411,12 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
             self._fail_waiting("the node was deactivated")
         return ""
 
-    def _fill(self, response, job: Job | None, outcome: Outcome, start: float):
+    def _fill(self, response, job: Job | None, outcome: Outcome, start: float, *, repeat: bool = False):
+        """Fill ``response`` (a QueryScene response or AskScene result) with ``outcome`` of ``job``.
+
+        ``repeat``: the same question answered again for a resent request: the response is filled the
+        same way, but nothing is counted, logged or published a second time.
+        """
         response.success = outcome.success
         response.message = outcome.message
         response.answer = outcome.answer if outcome.success else ""
@@ -410,13 +428,17 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
                 grounding = self.grounding_of(outcome.answer, activity, job.question)
                 response.grounding, response.flagged = grounding.status, grounding.flagged
                 response.grounding_note = grounding.note
+        response.latency = time.perf_counter() - start
+        if repeat:
+            return response
+        if job is not None:
+            if outcome.success:
                 self.counters.add(f"grounding:{grounding.status}")
                 self._publish_answered(job, outcome.answer, activity, grounding)
                 if grounding.flagged:
                     self.counters.add("answers_flagged")
                     self.get_logger().warning(f"answer flagged: {grounding.note}: {outcome.answer!r}",
                                               throttle_duration_sec=2.0)
-        response.latency = time.perf_counter() - start
         self.counters.add("answered" if outcome.success else "refused" if job is None else "failed")
         if outcome.success:
             self._latencies.append(response.latency)
@@ -445,6 +467,14 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
 
     async def _on_query(self, request: QueryScene.Request, response: QueryScene.Response):
         start = time.perf_counter()
+        request_id = request.request_id.strip()
+        earlier = self._earlier_request(request_id, request)
+        if isinstance(earlier, str):
+            return self._fill(response, None, Outcome(False, earlier), start)
+        if earlier is not None:  # a resent request: no second generation, no queue slot
+            self.counters.add("retries_joined")
+            outcome = earlier.outcome if earlier.outcome is not None else await earlier.future
+            return self._fill(response, earlier, outcome, start, repeat=True)
         job = self._prepare(request.question, request.stamp, request.max_new_tokens)
         if isinstance(job, str):
             return self._fill(response, None, Outcome(False, job), start)
@@ -452,8 +482,26 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         refused = self._submit(job)
         if refused:
             return self._fill(response, None, Outcome(False, refused), start)
+        if request_id:
+            job.asked = asked_of(request)
+            self._requests[request_id] = job
+            while len(self._requests) > REMEMBERED_REQUESTS:
+                self._requests.popitem(last=False)
         outcome = await job.future
         return self._fill(response, job, outcome, start)
+
+    def _earlier_request(self, request_id: str, request: QueryScene.Request) -> Job | str | None:
+        """The Job a resent request joins (waiting, being answered, or answered successfully), None
+        for a new question, or why it is refused (the id was used for a different question)."""
+        job = self._requests.get(request_id) if request_id else None
+        if job is None:
+            return None
+        if job.asked != asked_of(request):
+            return f"request_id {request_id!r} was used for a different question; use a new id per question"
+        if job.outcome is not None and not job.outcome.success:  # failed (timed out, ...): ask it anew
+            del self._requests[request_id]
+            return None
+        return job
 
     def _ask_job(self, goal_handle) -> Job | str:
         goal = goal_handle.request
@@ -591,6 +639,12 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         if self._pub_diagnostics is not None:
             self._pub_diagnostics.publish(diagnostic_array(
                 self.get_clock().now().to_msg(), f"{self.get_name()}: reasoning", level, message, values))
+
+
+def asked_of(request: QueryScene.Request) -> tuple:
+    """What a QueryScene request asks, as compared between a request and its resent copy."""
+    stamp = request.stamp
+    return (request.question or "").strip(), stamp.sec, stamp.nanosec, int(request.max_new_tokens)
 
 
 def lower_this_thread(increment: int) -> int | None:

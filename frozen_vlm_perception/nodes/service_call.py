@@ -12,10 +12,13 @@ eval tools, the latency probe and the tests' helpers. Three things, all inside o
 3. **retry** a request whose future did not complete within ``attempt_timeout``: send it again and
    wait for whichever attempt answers first (earlier attempts stay live, so a slow answer still
    counts). Retrying is only for read-only or idempotent requests: QueryScene and AskScene only read
-   the scene (answering twice costs compute, changes nothing), a goal's result may be fetched any
-   number of times, and GetState / SetParameters with the same values are idempotent. A server that
-   handles requests in order (one executor thread, e.g. lifecycle transitions) answers the first
-   attempt first, so a retry only wins when that answer was lost.
+   the scene, a goal's result may be fetched any number of times, and GetState / SetParameters with
+   the same values are idempotent. A request with a ``request_id`` field (QueryScene) gets a fresh
+   random id when it has none, and every attempt carries that id: the reasoning node lets a resent
+   request join the question it is already answering (or replays its answer), so an answer slower
+   than ``attempt_timeout`` is not generated twice and a retry never takes another caller's queue
+   slot. A server that handles requests in order (one executor thread, e.g. lifecycle transitions)
+   answers the first attempt first, so a retry only wins when that answer was lost.
 
 Two ways to wait: pass the ``executor`` that this thread may spin (a private session, as
 ``query_client`` has), or leave it None when an executor spins the node in another thread.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -137,12 +141,15 @@ def call_service(
     """The response of ``client`` (an rclpy Client) to ``request``: wait for the service, then send,
     resending each ``attempt_timeout`` (default: a third of ``timeout``) until an attempt is answered.
 
-    The request must be read-only or idempotent (module doc). ``accept``: see ``retry_future``. Raises
-    ServiceUnavailable when the service does not appear, ServiceTimeout when no attempt is answered,
-    both within ``timeout`` seconds.
+    The request must be read-only or idempotent (module doc); an empty ``request_id`` field, where the
+    type has one, is set to a random id (the caller's request object is changed). ``accept``: see
+    ``retry_future``. Raises ServiceUnavailable when the service does not appear, ServiceTimeout when
+    no attempt is answered, both within ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
     name = client.srv_name
+    if getattr(request, "request_id", None) == "":
+        request.request_id = uuid.uuid4().hex  # the same id on every attempt: the server joins them
     if not wait_until_ready(client.service_is_ready, deadline, settle_s=settle_s):
         raise ServiceUnavailable(f"service {name} is not available (waited {timeout:g} s)")
     future = retry_future(

@@ -146,6 +146,33 @@ def test_max_new_tokens_zero_falls_back_to_the_parameter(ros):
     assert max(f.tokens_generated for f in default_fb) <= DEFAULT_TOKENS
 
 
+def test_a_resent_query_joins_its_question_and_is_never_answered_twice(ros):
+    from frozen_vlm_perception_interfaces.srv import QueryScene
+
+    def counts() -> dict[str, str]:
+        return wait_status(ros, "reasoning", lambda d: d.get("questions_waiting") == "0"
+                           and d.get("answering") == "False")
+
+    before = counts()
+    # What a client whose reply was late sends: the same request (same request_id) again, here three
+    # times at once. queue_size is 2, so three new questions would be one answered, two waiting ...
+    request = QueryScene.Request(question=QUESTION, max_new_tokens=DEFAULT_TOKENS, request_id="resent-1")
+    replies = [wait_future(f, 60) for f in [ros.query.call_async(request) for _ in range(3)]]
+    assert all(r.success for r in replies), [r.message for r in replies]
+    assert len({r.answer for r in replies}) == 1 and replies[0].answer.strip()
+    # ... but it is one question: one generation, the other two attempts joined it.
+    replayed = wait_future(ros.query.call_async(request), 20)  # answered already: the same answer again
+    assert replayed.success and replayed.answer == replies[0].answer
+    after = counts()
+    assert int(after["answered"]) == int(before["answered"]) + 1, (before, after)
+    assert int(after["retries_joined"]) == int(before.get("retries_joined", 0)) + 3, (before, after)
+    # A careless client reusing the id for another question gets a clear refusal, not the old answer.
+    other = QueryScene.Request(question="Where is the person?", max_new_tokens=DEFAULT_TOKENS,
+                               request_id="resent-1")
+    refused = wait_future(ros.query.call_async(other), 20)
+    assert not refused.success and "different question" in refused.message, refused.message
+
+
 def test_the_answer_timeout_fires_with_a_clear_error(ros):
     # 4000 tokens of SmolLM2 on one CPU thread take minutes: the timeout ends it.
     start = time.monotonic()

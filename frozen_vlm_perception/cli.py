@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bag", default=None, help="bag to loop (default: a small generated one)")
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--report", default=None, metavar="FILE", help="write the samples as JSON")
+    p.add_argument("--latency-growth-limit", type=float, default=None, metavar="X",
+                   help="second-half over first-half label latency p99 that counts as a backlog "
+                        "(default 1.5; more where other jobs share the machine)")
 
     p = add(
         "inspect",

@@ -10,16 +10,21 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+# The tool's default (1.5x) is for a machine of its own. Here another make test may share the two
+# cores and change its load between the halves: a pair of them measured 1.94x with no backlog. The
+# halves' medians sit near 15 s and 45 s, so a latency climbing linearly from a base b by k per second
+# grows (b + 45k) / (b + 15k): above 2.5x once k > 0.2 b per second, i.e. 12 ms/s for b = 60 ms, where
+# a node falling behind a 30 Hz camera by a sixth climbs 170 ms/s.
+LATENCY_GROWTH_LIMIT = 2.5
+
+
 def test_short_soak_keeps_buffers_bounded_and_memory_flat(ros_env, model_dir, tmp_path, capsys):
-    from frozen_vlm_perception.tools.soak import (
-        DEFAULT_RSS_SLOPE_LIMIT_MB_PER_MIN,
-        LATENCY_GROWTH_LIMIT,
-        main_soak,
-    )
+    from frozen_vlm_perception.tools.soak import DEFAULT_RSS_SLOPE_LIMIT_MB_PER_MIN, main_soak
 
     report = tmp_path / "soak.json"
     args = argparse.Namespace(
-        bag=None, minutes=1.0, report=str(report), model=str(model_dir), sample_s=3.0, question_s=10.0
+        bag=None, minutes=1.0, report=str(report), model=str(model_dir), sample_s=3.0, question_s=10.0,
+        latency_growth_limit=LATENCY_GROWTH_LIMIT,
     )
     code = main_soak(args)
     printed = capsys.readouterr().out
@@ -41,7 +46,7 @@ def test_short_soak_keeps_buffers_bounded_and_memory_flat(ros_env, model_dir, tm
     # above the first's (a backlog).
     p99 = details["latency_p99_ms"]
     assert p99["first_half"] and p99["second_half"], p99  # None in the JSON when nothing was measured
-    assert p99["growth"] <= LATENCY_GROWTH_LIMIT, p99
+    assert p99["growth"] <= LATENCY_GROWTH_LIMIT and p99["limit"] == LATENCY_GROWTH_LIMIT, p99
     # The bag looped (its stamps jumped back) and labels kept coming in every period.
     assert samples[-1]["clock_resets"] >= 1
     assert not details["labels"]["periods_without_labels"], details["labels"]

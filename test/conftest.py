@@ -42,22 +42,19 @@ def ros_env(monkeypatch):
     """A ROS environment private to this test: its own domain id, discovery on localhost only.
 
     Applied to this process (for rclpy contexts made in the test) and returned as a dict for
-    child processes. Domain ids 100-199 are spread by pid so parallel runs do not meet.
+    child processes. The domain id (100-199) is claimed for the test (nodes/ros_domain.py), so no
+    other run on this host uses it meanwhile.
     """
-    domain = str(100 + (os.getpid() + _next_domain_offset()) % 100)
+    from frozen_vlm_perception.nodes.ros_domain import claim_ros_domain, release_ros_domain
+
+    domain = claim_ros_domain(100, 100)
     env = dict(
-        os.environ, ROS_DOMAIN_ID=domain, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1"
+        os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1"
     )
-    monkeypatch.setenv("ROS_DOMAIN_ID", domain)
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    return env
-
-
-_domain_counter = iter(range(1_000_000))
-
-
-def _next_domain_offset() -> int:
-    return next(_domain_counter) * 7
+    yield env
+    release_ros_domain(domain)
 
 
 @pytest.fixture(scope="session")

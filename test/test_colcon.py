@@ -16,7 +16,7 @@ environment ``source install/setup.bash`` makes:
   an answer from /reasoning/query (QueryScene);
 * Ctrl-C (SIGINT) ends both nodes with exit status 0.
 
-ROS_DOMAIN_ID 200-214 (from the pid): test/nodes uses 1-99, the root ``ros_env`` 100-199,
+ROS_DOMAIN_ID 200-214 (claimed, nodes/ros_domain.py): test/nodes uses 1-99, the root ``ros_env`` 100-199,
 test/reliability 215-232. Every wait is bounded; both nodes are always stopped.
 Measured on the 2-core machine: about 3 min (2 of them the interface package's C build).
 """
@@ -181,11 +181,16 @@ def transition(change_state, get_state, node: Node, transition_id: int, goal: in
 
 @pytest.fixture
 def colcon_domain(monkeypatch):
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(200 + os.getpid() % 15))
+    from frozen_vlm_perception.nodes.ros_domain import claim_ros_domain, release_ros_domain
+
+    domain = claim_ros_domain(200, 15)
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    yield
+    release_ros_domain(domain)
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT_S + 3 * UP_TIMEOUT_S)

@@ -9,13 +9,17 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def ros_domain():
-    """Its own ROS_DOMAIN_ID per test run (from the pid) and localhost-only discovery, set before any
-    rclpy context exists in this process or a child, so parallel runs on one machine never meet.
+    """Its own ROS_DOMAIN_ID per test run (claimed: nodes/ros_domain.py) and localhost-only discovery,
+    set before any rclpy context exists in this process or a child, so parallel runs never meet.
     Ids 1-99: the root conftest's per-test ``ros_env`` uses 100-199."""
+    from frozen_vlm_perception.nodes.ros_domain import claim_ros_domain, release_ros_domain
+
     saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
-    os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 99)
+    domain = claim_ros_domain(1, 99)
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    yield int(os.environ["ROS_DOMAIN_ID"])
+    yield domain
+    release_ros_domain(domain)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -16,12 +16,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nodes"))
 
 @pytest.fixture(scope="session", autouse=True)
 def reliability_domain():
-    """ROS_DOMAIN_ID 215-232 (from the pid; test/nodes uses 1-99, the root ``ros_env`` 100-199) and
-    localhost-only discovery, set before any rclpy context or child process of these tests exists."""
+    """ROS_DOMAIN_ID 215-232 (claimed: nodes/ros_domain.py; test/nodes uses 1-99, the root ``ros_env``
+    100-199) and localhost-only discovery, set before any rclpy context or child process of these tests
+    exists."""
+    from frozen_vlm_perception.nodes.ros_domain import claim_ros_domain, release_ros_domain
+
     saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
-    os.environ["ROS_DOMAIN_ID"] = str(215 + os.getpid() % 18)
+    domain = claim_ros_domain(215, 18)
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    yield int(os.environ["ROS_DOMAIN_ID"])
+    yield domain
+    release_ros_domain(domain)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

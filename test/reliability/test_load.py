@@ -21,7 +21,10 @@ pytestmark = pytest.mark.slow
 
 CLIENTS = 8
 WINDOW_S = 8.0
-CLIENT_TIMEOUT_S = 30.0
+# The generating thread runs at nice 19 (the node's default: perception first), so beside another
+# make test a 12-token answer took 31 s and the third question in line waited over 60: the timeout
+# bounds a hang, it is not a latency target.
+CLIENT_TIMEOUT_S = 120.0
 
 
 def label_rate(ros, t0: float, t1: float) -> tuple[float, float]:

@@ -40,7 +40,8 @@ def system(model_dir, tmp_path_factory):
     params = {
         "perception": {"model_dir": str(model_dir), "torch_threads": 1, "diagnostics_period_s": 0.5},
         "reasoning": {"model_dir": str(model_dir), "torch_threads": 1, "diagnostics_period_s": 0.5,
-                      "max_new_tokens": MAX_NEW_TOKENS, "queue_size": 2},
+                      "max_new_tokens": MAX_NEW_TOKENS, "queue_size": 2,
+                      "answer_timeout_s": QUEUED_TIMEOUT_S},  # the node's own limit (waiting included)
     }
     child = start_runner(tmp_path_factory.mktemp("runner"), params)
     yield child

@@ -16,6 +16,10 @@ from node_harness import READY_TIMEOUT_S, ChildProcess
 from frozen_vlm_perception.nodes.runner import params_file_from
 
 MAX_NEW_TOKENS = 12  # short answers keep the tests fast
+# The node's limit on a question, waiting included (default 60 s). The generating thread runs at nice 19,
+# so beside another make test a 12-token answer took 31 s and the third in line waits over 60 s: the
+# load test's clients wait up to 120 s (test_load.py) and must get an answer or "busy", not a timeout.
+ANSWER_TIMEOUT_S = 150.0
 RUNNER = ["-m", "frozen_vlm_perception.nodes.runner"]
 
 
@@ -28,6 +32,7 @@ def split_params(model_dir) -> dict[str, Any]:
             "diagnostics_period_s": 0.5,
             "max_new_tokens": MAX_NEW_TOKENS,
             "queue_size": 2,
+            "answer_timeout_s": ANSWER_TIMEOUT_S,
         },
     }
 

@@ -228,7 +228,9 @@ def test_a_full_queue_answers_busy_and_nothing_hangs(ros):
     assert all(r is not None for r in responses), "a question got no response"
     busy = [r for r in responses if not r.success]
     assert busy and all(r.message.startswith("busy") for r in busy)
-    assert sum(r.success for r in responses) >= 3
+    # queue_size (2) wait; a third is answered only when the worker took the first from the queue
+    # before the others came, which its nice-19 thread may not do beside another make test.
+    assert sum(r.success for r in responses) >= 2
 
 
 def test_action_streams_partial_answers(ros):

@@ -7,16 +7,27 @@ import sys
 
 import pytest
 
+from frozen_vlm_perception.nodes import ros_domain
 from frozen_vlm_perception.nodes.ros_domain import NoFreeDomain, claim_ros_domain, release_ros_domain
 
 FIRST = 233  # outside every range the tests and tools claim (1-232 in use)
 
 
+@pytest.fixture(autouse=True)
+def private_claims(tmp_path, monkeypatch):
+    """Claims in a folder of this test's own: another make test running this test meanwhile never meets
+    them (the mechanism is the same in any folder)."""
+    monkeypatch.setattr(ros_domain, "CLAIMS_DIR", tmp_path)
+    return tmp_path
+
+
 def claim_in_another_process(first: int, count: int) -> str:
     code = (
-        "from frozen_vlm_perception.nodes.ros_domain import NoFreeDomain, claim_ros_domain\n"
-        f"try: print(claim_ros_domain({first}, {count}))\n"
-        "except NoFreeDomain: print('none')\n"
+        "from pathlib import Path\n"
+        "from frozen_vlm_perception.nodes import ros_domain\n"
+        f"ros_domain.CLAIMS_DIR = Path({str(ros_domain.CLAIMS_DIR)!r})\n"
+        "try: print(ros_domain.claim_ros_domain(" + f"{first}, {count}))\n"
+        "except ros_domain.NoFreeDomain: print('none')\n"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           check=True).stdout.strip()

@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-growth-limit", type=float, default=None, metavar="X",
                    help="second-half over first-half label latency p99 that counts as a backlog "
                         "(default 1.5; more where other jobs share the machine)")
+    p.add_argument("--question-timeout", type=float, default=None, metavar="S",
+                   help="seconds a question may take, waiting included, before it counts as unanswered "
+                        "(default 30; more where other jobs share the machine)")
 
     p = add(
         "inspect",

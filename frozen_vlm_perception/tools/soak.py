@@ -49,6 +49,8 @@ DEFAULT_RSS_SLOPE_LIMIT_MB_PER_MIN = 5.0
 # Second-half median p99 over first-half median p99 above which the latency counts as creeping
 # (--latency-growth-limit; a machine whose other load changes between the halves needs more).
 LATENCY_GROWTH_LIMIT = 1.5
+# How long a question may take, waiting included (--question-timeout; also the reasoning node's
+# answer_timeout_s): a bound on a hang. A machine shared with other jobs needs more.
 QUESTION_TIMEOUT_S = 30.0
 MAX_NEW_TOKENS = 16
 HISTORY_SIZE = 300  # reasoning history_size (the node's default), the bound its scenes are held to
@@ -302,6 +304,7 @@ def run_soak(
     question_s: float = DEFAULT_QUESTION_S,
     rss_slope_limit: float = DEFAULT_RSS_SLOPE_LIMIT_MB_PER_MIN,
     latency_growth_limit: float = LATENCY_GROWTH_LIMIT,
+    question_timeout_s: float = QUESTION_TIMEOUT_S,
     out=sys.stdout,
 ) -> dict[str, Any]:
     """Run the soak; returns {"settings", "samples", "verdict"} (see the module docstring)."""
@@ -317,8 +320,8 @@ def run_soak(
     from frozen_vlm_perception.tools.latency_probe import ensure_model
     from frozen_vlm_perception_interfaces.msg import ActivityLabel
 
-    if not minutes > 0 or not sample_s > 0:
-        raise SoakError("minutes and the sample period must be positive")
+    if not minutes > 0 or not sample_s > 0 or not question_timeout_s > 0:
+        raise SoakError("minutes, the sample period and the question timeout must be positive")
     with tempfile.TemporaryDirectory(prefix="fvp-soak-") as tmp:
         bag_path = Path(bag) if bag else default_bag(Path(tmp))
         if not bag_path.exists():
@@ -334,6 +337,7 @@ def run_soak(
             "question_s": question_s,
             "rss_slope_limit_mb_per_min": rss_slope_limit,
             "latency_growth_limit": latency_growth_limit,
+            "question_timeout_s": question_timeout_s,
             "ros_domain_id": os.environ.get("ROS_DOMAIN_ID", "0"),
         }
         params = {
@@ -350,6 +354,7 @@ def run_soak(
                 "max_new_tokens": MAX_NEW_TOKENS,
                 "history_size": HISTORY_SIZE,
                 "queue_size": QUEUE_SIZE,
+                "answer_timeout_s": float(question_timeout_s),
             },
         }
         params_file = params_file_from(params, tmp)
@@ -396,7 +401,7 @@ def run_soak(
                 observer.asked += 1
                 try:
                     reply = query(
-                        STANDARD_QUESTION, timeout=QUESTION_TIMEOUT_S, max_new_tokens=MAX_NEW_TOKENS
+                        STANDARD_QUESTION, timeout=question_timeout_s, max_new_tokens=MAX_NEW_TOKENS
                     )
                 except QueryError as err:
                     observer.question_failures.append(str(err))
@@ -432,7 +437,7 @@ def run_soak(
         finally:
             stop_questions.set()
             if asker is not None:
-                asker.join(timeout=QUESTION_TIMEOUT_S + 5)
+                asker.join(timeout=question_timeout_s + 5)
             if player is not None:
                 player.stop()
             runner_code = runner.stop()
@@ -493,7 +498,7 @@ def print_verdict(result: dict[str, Any], out=sys.stdout) -> None:
 
 def main_soak(args: argparse.Namespace) -> int:
     """``fvp soak``: args.bag, minutes, report (and optionally model, sample_s, question_s,
-    rss_slope_limit, latency_growth_limit)."""
+    rss_slope_limit, latency_growth_limit, question_timeout)."""
     try:
         result = run_soak(
             bag=args.bag,
@@ -503,6 +508,7 @@ def main_soak(args: argparse.Namespace) -> int:
             question_s=getattr(args, "question_s", DEFAULT_QUESTION_S),
             rss_slope_limit=getattr(args, "rss_slope_limit", DEFAULT_RSS_SLOPE_LIMIT_MB_PER_MIN),
             latency_growth_limit=getattr(args, "latency_growth_limit", None) or LATENCY_GROWTH_LIMIT,
+            question_timeout_s=getattr(args, "question_timeout", None) or QUESTION_TIMEOUT_S,
         )
     except SoakError as err:
         print(f"error: {err}", file=sys.stderr)

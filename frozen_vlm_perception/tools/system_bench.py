@@ -67,16 +67,19 @@ class SystemSettings:
     questions: int = 3  # at least this many; the first ones also get the in-process reference
     max_new_tokens: int = 24
     answering_s: float | None = None  # labels measured while answering (None: as long as ``seconds``)
+    # The reasoning node's answer_timeout_s and this client's wait for each answer: a bound on a hang,
+    # not a latency (a machine shared with other jobs can take minutes for the first answer).
+    answer_timeout_s: float = 120.0
     node_params: tuple[str, ...] = ()  # extra NAME:=VALUE for both node processes (A/B runs)
     ready_timeout_s: float = READY_TIMEOUT_S
 
 
 def _runner(nodes: str, settings: SystemSettings) -> list[str]:
+    params = [f"torch_threads:={settings.torch_threads}"]
+    if "reasoning" in nodes:
+        params.append(f"answer_timeout_s:={float(settings.answer_timeout_s)}")
     return runner_command(
-        nodes,
-        model_dir=settings.model_dir,
-        device=settings.device,
-        params=[f"torch_threads:={settings.torch_threads}", *settings.node_params],
+        nodes, model_dir=settings.model_dir, device=settings.device, params=[*params, *settings.node_params]
     )
 
 
@@ -192,7 +195,7 @@ def _latency_between(
     return out
 
 
-def _ask(client, question: str, max_new_tokens: int, timeout_s: float = 120.0):
+def _ask(client, question: str, max_new_tokens: int, timeout_s: float):
     """(response or None, round trip ms); retried when an answer is lost (nodes/service_call.py; a
     query is read-only, so a second attempt is harmless)."""
     from frozen_vlm_perception.nodes.service_call import ServiceTimeout, call_service
@@ -290,7 +293,9 @@ def measure_system(settings: SystemSettings, *, pipeline=None, log=print) -> dic
             log(f"[bench] questions back to back through /reasoning/query for {answering_s:.0f} s "
                 f"(at least {settings.questions}) while the sensors stream")
             while len(answers) < settings.questions or time.time() - t1 < answering_s:
-                answers.append(_ask(query, STANDARD_QUESTION, settings.max_new_tokens))
+                answers.append(
+                    _ask(query, STANDARD_QUESTION, settings.max_new_tokens, settings.answer_timeout_s)
+                )
             t2 = time.time()
             result["labels_while_answering"] = _latency_between(stream.stamps(), listener.labelled, t1, t2)
             result["labels_while_answering"]["perception_node"] = listener.perception_between(t1, t2)

@@ -15,6 +15,7 @@ import itertools
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -125,15 +126,20 @@ def ask(
     action: str = DEFAULT_ACTION,
     ros_args: Sequence[str] = (),
     attempt_timeout: float | None = None,
+    goal_id: bytes | None = None,
 ):
     """Send an AskScene goal; returns its result (``on_partial`` gets the answer so far as it grows).
 
-    The goal and the result request are retried like ``query`` (``service_call.py``); a goal whose
-    acceptance was lost runs on the node unobserved (read-only, harmless) and its feedback is not
-    passed on: only the feedback of the goal this call follows reaches ``on_partial``. A goal that runs
-    past ``timeout`` is canceled before QueryError is raised.
+    The goal and the result request are retried like ``query`` (``service_call.py``). Every attempt
+    carries one goal id (``goal_id``, 16 bytes, or a random one), so a retry whose first attempt did
+    reach the node is not a second question: the action server refuses a goal id it already has, and
+    this call then follows that goal (its feedback and result). A refusal of an id the node does not
+    hold raises QueryError. A goal that runs past ``timeout`` is canceled before QueryError is raised.
     """
+    from action_msgs.msg import GoalStatus
     from rclpy.action import ActionClient
+    from rclpy.action.client import ClientGoalHandle
+    from unique_identifier_msgs.msg import UUID
 
     from frozen_vlm_perception.nodes.service_call import (
         ServiceTimeout,
@@ -145,6 +151,7 @@ def ask(
 
     deadline = time.monotonic() + timeout
     attempt_timeout = attempt_timeout or default_attempt_timeout(timeout)
+    goal_uuid = UUID(uuid=list(goal_id if goal_id is not None else uuid.uuid4().bytes))
     with _Session(ros_args) as session:
         client = ActionClient(session.node, AskScene, action)
         executor = session.executor()
@@ -152,22 +159,25 @@ def ask(
             if not wait_until_ready(client.server_is_ready, deadline):
                 raise QueryError(f"action {action} is not available ({NOT_THERE})")
             goal = AskScene.Goal(question=question, stamp=_time_msg(stamp), max_new_tokens=max_new_tokens)
-            followed: list[bytes] = []  # the goal id whose feedback is passed on, once accepted
 
-            def feedback(msg) -> None:
-                if on_partial is not None and followed and bytes(msg.goal_id.uuid) == followed[0]:
+            def feedback(msg) -> None:  # the client passes on only this goal id's feedback
+                if on_partial is not None:
                     on_partial(msg.feedback.partial_answer)
 
             try:
-                sent = retry_future(lambda: client.send_goal_async(goal, feedback_callback=feedback),
-                                    deadline=deadline, attempt_timeout=attempt_timeout, executor=executor,
-                                    what=action)
+                sent = retry_future(
+                    lambda: client.send_goal_async(goal, feedback_callback=feedback, goal_uuid=goal_uuid),
+                    deadline=deadline, attempt_timeout=attempt_timeout, executor=executor, what=action)
             except ServiceTimeout as err:
                 raise _no_answer(action, timeout) from err
             handle = sent.result()
-            if not handle.accepted:
-                raise QueryError(f"{action} rejected the goal")
-            followed.append(bytes(handle.goal_id.uuid))
+            # The reasoning node accepts every goal (refusals come back as a result with a message);
+            # rclpy's action server refuses one whose id it already holds. Follow that goal: its result
+            # request answers STATUS_UNKNOWN when the node holds no such goal.
+            refused = not handle.accepted
+            if refused:
+                held = AskScene.Impl.SendGoalService.Response(accepted=True)
+                handle = ClientGoalHandle(client, goal_uuid, held)
             try:
                 # Fetching a goal's result again is idempotent: the server keeps it for a while.
                 done = retry_future(handle.get_result_async, deadline=deadline,
@@ -175,6 +185,8 @@ def ask(
             except ServiceTimeout as err:
                 handle.cancel_goal_async()
                 raise _no_answer(action, timeout) from err
+            if refused and done.result().status == GoalStatus.STATUS_UNKNOWN:
+                raise QueryError(f"{action} rejected the goal")
             return done.result().result
         finally:
             client.destroy()

@@ -173,6 +173,36 @@ def test_a_resent_query_joins_its_question_and_is_never_answered_twice(ros):
     assert not refused.success and "different question" in refused.message, refused.message
 
 
+def test_a_resent_goal_is_followed_not_asked_again(ros):
+    import uuid
+
+    from unique_identifier_msgs.msg import UUID
+
+    from frozen_vlm_perception.nodes import query_client
+    from frozen_vlm_perception_interfaces.action import AskScene
+
+    def idle() -> dict[str, str]:
+        return wait_status(ros, "reasoning", lambda d: d.get("questions_waiting") == "0"
+                           and d.get("answering") == "False")
+
+    before = idle()
+    # The first attempt of a goal reached the node, its acceptance did not reach the client (here: a
+    # goal sent from another client with the id the call then uses). The call's own attempt carries the
+    # same id, so the node refuses it as a duplicate and the call follows the goal the node has.
+    goal_id = uuid.uuid4().bytes
+    goal = AskScene.Goal(question=QUESTION, max_new_tokens=12)
+    first = wait_future(ros.ask.send_goal_async(goal, goal_uuid=UUID(uuid=list(goal_id))), 20)
+    assert first.accepted
+    partials: list[str] = []
+    followed = query_client.ask(QUESTION, max_new_tokens=12, timeout=60.0, goal_id=goal_id,
+                                on_partial=partials.append)
+    original = wait_future(first.get_result_async(), 60).result
+    assert followed.success and followed.answer == original.answer and original.answer.strip()
+    assert all(original.answer.startswith(p) for p in partials), (partials, original.answer)
+    after = idle()
+    assert int(after["answered"]) == int(before["answered"]) + 1, (before, after)  # one generation
+
+
 def test_the_answer_timeout_fires_with_a_clear_error(ros):
     # 4000 tokens of SmolLM2 on one CPU thread take minutes: the timeout ends it.
     start = time.monotonic()

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -170,10 +171,16 @@ class Job:
             self.future.set_result(outcome)
 
 
+# Set at run time (`ros2 param set /reasoning answer_timeout_s 120.0`), these apply from the next
+# question on; the others are read at configure (model, topics, sizes of the history and the queue).
+LIVE_PARAMS = ("answer_timeout_s", "max_new_tokens", "stamp_tolerance_s", "grounding_min_probability")
+
+
 class ReasoningNode(TeardownReleases, LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
         super().__init__(node_name, **kwargs)
         declare_parameters(self, PARAMS)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pipeline = None
         self.counters = Counters()
         self.counters.add("answers_flagged", 0)  # in /diagnostics from the start, so a zero reads as zero
@@ -196,6 +203,22 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         self._subs: list = []
         self._pub_answers = self._pub_answered = self._pub_diagnostics = None
         self._service = self._action = self._diag_timer = None
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Refuse values outside their ranges; LIVE_PARAMS apply from the next question on, the
+        others at the next configure."""
+        spec = {s.name: s for s in PARAMS}
+        live = {}
+        for param in params:
+            if param.name in spec:
+                problem = spec[param.name].check(param.value)
+                if problem:
+                    return SetParametersResult(successful=False, reason=problem)
+                if param.name in LIVE_PARAMS:
+                    live[param.name] = param.value
+        if live:
+            self._values = {**self._values, **live}  # one attribute swap: a reader sees old or new
+        return SetParametersResult(successful=True)
 
     # ----------------------------------------------------------------------------------------------
     # Lifecycle

@@ -153,3 +153,17 @@ def diagnostics_of(ros, node: str, since: float = 0.0) -> list[dict[str, str]]:
             if status.name == f"{node}: {node}":
                 out.append({kv.key: kv.value for kv in status.values})
     return out
+
+
+def set_parameter(ros, node: str, name: str, value):
+    """SetParameters on a node of the runner; its SetParametersResult."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    client = ros.node.create_client(SetParameters, f"/{node}/set_parameters")
+    try:
+        assert client.wait_for_service(timeout_sec=10)
+        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return call(client, request, 10).results[0]
+    finally:
+        ros.node.destroy_client(client)

@@ -16,6 +16,7 @@ from node_harness import (
     RosClient,
     call,
     diagnostics_of,
+    set_parameter,
     stamp_ns,
     start_runner,
     wait_future,
@@ -79,7 +80,7 @@ def ros(system):
     client.close()
 
 
-def ask_query(ros, question: str = QUESTION, *, timeout: float = 60.0, **fields):
+def ask_query(ros, question: str = QUESTION, *, timeout: float = QUEUED_TIMEOUT_S, **fields):
     from frozen_vlm_perception_interfaces.srv import QueryScene
 
     request = QueryScene.Request(question=question, max_new_tokens=MAX_NEW_TOKENS)
@@ -242,7 +243,7 @@ def test_action_streams_partial_answers(ros):
     sent = ros.ask.send_goal_async(goal, feedback_callback=lambda f: feedback.append(f.feedback))
     handle = wait_future(sent, 20)
     assert handle.accepted
-    result = wait_future(handle.get_result_async(), 60).result
+    result = wait_future(handle.get_result_async(), QUEUED_TIMEOUT_S).result
     wall = time.monotonic() - start
     assert result.success, result.message
     assert result.answer.strip()
@@ -278,9 +279,9 @@ def test_action_can_be_canceled(ros):
 
 
 def test_query_client_command_exit_codes(ros):
-    ok = ChildProcess(["-m", "frozen_vlm_perception.nodes.query_client", QUESTION, "--timeout", "60",
-                       "--max-new-tokens", str(MAX_NEW_TOKENS)])
-    assert ok.proc.wait(timeout=90) == 0, ok.output
+    ok = ChildProcess(["-m", "frozen_vlm_perception.nodes.query_client", QUESTION,
+                       "--timeout", str(QUEUED_TIMEOUT_S), "--max-new-tokens", str(MAX_NEW_TOKENS)])
+    assert ok.proc.wait(timeout=QUEUED_TIMEOUT_S + 30) == 0, ok.output
     refused = ChildProcess(["-m", "frozen_vlm_perception.nodes.query_client", " ", "--timeout", "30"])
     assert refused.proc.wait(timeout=60) == 1, refused.output
     assert "empty" in refused.output
@@ -323,20 +324,6 @@ def test_lifecycle_deactivate_frees_the_model_and_activate_brings_it_back(ros):
     assert transition("reasoning", Transition.TRANSITION_ACTIVATE)
     ros.latents.wait_for(lambda msgs: len(msgs) >= 2, timeout=20, since=time.time())
     assert ask_query(ros).success
-
-
-def set_parameter(ros, node: str, name: str, value):
-    """SetParameters on a node of the runner; its SetParametersResult."""
-    from rcl_interfaces.srv import SetParameters
-    from rclpy.parameter import Parameter
-
-    client = ros.node.create_client(SetParameters, f"/{node}/set_parameters")
-    try:
-        assert client.wait_for_service(timeout_sec=10)
-        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-        return call(client, request, 10).results[0]
-    finally:
-        ros.node.destroy_client(client)
 
 
 def test_fusion_mode_can_be_changed_at_run_time(ros):

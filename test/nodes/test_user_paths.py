@@ -2,9 +2,10 @@
 the answer timeout, latents of the wrong width, questions waiting at deactivation, max_new_tokens=0,
 a frame that waits for late IMU samples (sync.max_wait_s), and a run-time fusion.alpha change.
 
-One runner (both nodes) with settings that make these cheap: a short answer_timeout_s, a tiny
-max_new_tokens default, a long sync.max_wait_s. The reasoning tests publish their own scene latents
-(the perception node gets no frames until the perception tests), so the latest scene is known.
+One runner (both nodes) with settings that make these cheap: a short answer_timeout_s (set at run
+time), a tiny max_new_tokens default, a long sync.max_wait_s. The reasoning tests publish their own
+scene latents (the perception node gets no frames until the perception tests), so the latest scene is
+known.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import time
 
 import numpy as np
 import pytest
-from node_harness import RosClient, call, diagnostics_of, stamp_ns, start_runner, wait_future, wait_until
+from node_harness import (
+    RosClient,
+    call,
+    diagnostics_of,
+    set_parameter,
+    stamp_ns,
+    start_runner,
+    wait_future,
+    wait_until,
+)
 
 from frozen_vlm_perception.conversions import rgb_to_image, to_time_msg
 from frozen_vlm_perception.tools.latency_probe import SensorStream
@@ -25,7 +35,10 @@ QUESTION = "What is the person doing?"
 # SmolLM2 answers this with a list of numbers and no end-of-turn token for well over 300 tokens (about
 # 16 tokens/s on one thread here): a question that outlasts the answer timeout.
 LONG_QUESTION = "Write the numbers from one to five hundred."
-ANSWER_TIMEOUT_S = 8.0
+ANSWER_TIMEOUT_S = 8.0  # set at run time by the timeout test
+# The node's answer_timeout_s otherwise, and how long a test waits for an answer: a bound on a hang, not a
+# latency (beside another make test the first answer after a reload took over 8 s; idle: about 1 s).
+HANG_TIMEOUT_S = 240.0
 DEFAULT_TOKENS = 3  # reasoning max_new_tokens: what a request asking for 0 gets
 MAX_WAIT_S = 2.0  # perception sync.max_wait_s
 LM_WIDTH, NUM_LATENTS = 576, 8  # SmolLM2-135M (the model_dir fixture)
@@ -38,7 +51,7 @@ def system(model_dir, tmp_path_factory):
                        "sync": {"max_wait_s": MAX_WAIT_S}},
         "reasoning": {"model_dir": str(model_dir), "torch_threads": 1, "diagnostics_period_s": 0.5,
                       "max_new_tokens": DEFAULT_TOKENS, "queue_size": 2,
-                      "answer_timeout_s": ANSWER_TIMEOUT_S},
+                      "answer_timeout_s": HANG_TIMEOUT_S},
     }
     child = start_runner(tmp_path_factory.mktemp("runner"), params)
     yield child
@@ -94,7 +107,7 @@ def scene_latents(stamp_s: float, dim: int = LM_WIDTH, seed: int = 0):
     return msg
 
 
-def ask(ros, max_new_tokens: int, timeout: float = 60.0):
+def ask(ros, max_new_tokens: int, timeout: float = HANG_TIMEOUT_S):
     """The action: (feedback list, result, wall seconds)."""
     from frozen_vlm_perception_interfaces.action import AskScene
 
@@ -108,8 +121,8 @@ def ask(ros, max_new_tokens: int, timeout: float = 60.0):
     return feedback, result, time.monotonic() - start
 
 
-def query(ros, max_new_tokens: int = DEFAULT_TOKENS, timeout: float = 60.0, question: str = QUESTION,
-          **kwargs):
+def query(ros, max_new_tokens: int = DEFAULT_TOKENS, timeout: float = HANG_TIMEOUT_S,
+          question: str = QUESTION, **kwargs):
     from frozen_vlm_perception_interfaces.srv import QueryScene
 
     return call(ros.query, QueryScene.Request(question=question, max_new_tokens=max_new_tokens), timeout,
@@ -157,7 +170,7 @@ def test_a_resent_query_joins_its_question_and_is_never_answered_twice(ros):
     # What a client whose reply was late sends: the same request (same request_id) again, here three
     # times at once. queue_size is 2, so three new questions would be one answered, two waiting ...
     request = QueryScene.Request(question=QUESTION, max_new_tokens=DEFAULT_TOKENS, request_id="resent-1")
-    replies = [wait_future(f, 60) for f in [ros.query.call_async(request) for _ in range(3)]]
+    replies = [wait_future(f, HANG_TIMEOUT_S) for f in [ros.query.call_async(request) for _ in range(3)]]
     assert all(r.success for r in replies), [r.message for r in replies]
     assert len({r.answer for r in replies}) == 1 and replies[0].answer.strip()
     # ... but it is one question: one generation, the other two attempts joined it.
@@ -194,9 +207,9 @@ def test_a_resent_goal_is_followed_not_asked_again(ros):
     first = wait_future(ros.ask.send_goal_async(goal, goal_uuid=UUID(uuid=list(goal_id))), 20)
     assert first.accepted
     partials: list[str] = []
-    followed = query_client.ask(QUESTION, max_new_tokens=12, timeout=60.0, goal_id=goal_id,
+    followed = query_client.ask(QUESTION, max_new_tokens=12, timeout=HANG_TIMEOUT_S, goal_id=goal_id,
                                 on_partial=partials.append)
-    original = wait_future(first.get_result_async(), 60).result
+    original = wait_future(first.get_result_async(), HANG_TIMEOUT_S).result
     assert followed.success and followed.answer == original.answer and original.answer.strip()
     assert all(original.answer.startswith(p) for p in partials), (partials, original.answer)
     after = idle()
@@ -204,10 +217,16 @@ def test_a_resent_goal_is_followed_not_asked_again(ros):
 
 
 def test_the_answer_timeout_fires_with_a_clear_error(ros):
+    # Set at run time (applies to the next question); a value outside its range is refused.
+    assert not set_parameter(ros, "reasoning", "answer_timeout_s", 0.0).successful
+    assert set_parameter(ros, "reasoning", "answer_timeout_s", ANSWER_TIMEOUT_S).successful
     # 4000 tokens of SmolLM2 on one CPU thread take minutes: the timeout ends it.
-    start = time.monotonic()
-    reply = query(ros, max_new_tokens=4000, timeout=60.0, question=LONG_QUESTION, attempt_timeout=60.0)
-    waited = time.monotonic() - start
+    try:
+        start = time.monotonic()
+        reply = query(ros, max_new_tokens=4000, timeout=60.0, question=LONG_QUESTION, attempt_timeout=60.0)
+        waited = time.monotonic() - start
+    finally:
+        assert set_parameter(ros, "reasoning", "answer_timeout_s", HANG_TIMEOUT_S).successful
     assert not reply.success and reply.answer == ""
     assert reply.message == f"timed out after {ANSWER_TIMEOUT_S} s", reply.message
     assert ANSWER_TIMEOUT_S * 0.9 <= waited <= ANSWER_TIMEOUT_S + 20.0, waited  # generous: 2 shared cores
@@ -227,17 +246,17 @@ def test_questions_waiting_at_deactivation_are_answered_not_lost(ros):
     goal = AskScene.Goal(question=LONG_QUESTION, max_new_tokens=4000)
     handle = wait_future(ros.ask.send_goal_async(goal, feedback_callback=answering.append), 20)
     assert handle.accepted
-    wait_until(lambda: answering, 3.0, "the long answer started")
+    wait_until(lambda: answering, 60.0, "the long answer started")
     waiting = [ros.query.call_async(QueryScene.Request(question=f"{QUESTION} ({i})", max_new_tokens=2))
                for i in range(2)]
-    wait_status(ros, "reasoning", lambda d: d.get("questions_waiting") == "2", timeout=3.0)
+    wait_status(ros, "reasoning", lambda d: d.get("questions_waiting") == "2", timeout=30.0)
     deactivate = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))
     assert call(ros.change_state, deactivate, 30, attempt_timeout=30).success
     try:
         for future in waiting:
-            reply = wait_future(future, 15)
+            reply = wait_future(future, 60)
             assert not reply.success and reply.message == "the node was deactivated", reply.message
-        outcome = wait_future(handle.get_result_async(), 15)
+        outcome = wait_future(handle.get_result_async(), 60)
         assert outcome.status == GoalStatus.STATUS_ABORTED
         assert outcome.result.message == "the node was deactivated"
     finally:

@@ -190,6 +190,7 @@ def _ask_every_scene(model_dir, bag, language, question: str, scenes: int = 12) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a bound on a hang: beside another make test it ran 556-600 s (idle: 80-90 s)
 def test_real_stage2_makes_the_frozen_lm_name_the_activity(aligned, tiny_bags, language_model, tmp_path):
     """With the real SmolLM2: a few seconds of caption warm start and a few LM steps make answers to
     "What is the person doing?" name the true activity far more often than the untrained adapter's do."""

@@ -196,8 +196,13 @@ def verdict(
     rss_slope_limit: float,
     bounds: dict[str, float],
     latency_growth_limit: float = LATENCY_GROWTH_LIMIT,
+    questions: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Memory, buffers, labels and questions over the run: what grew, what stalled."""
+    """Memory, buffers, labels and questions over the run: what grew, what stalled.
+
+    ``questions``: (asked, answered) at the end, once the last question was waited for (default: the
+    last sample's, which misses a question answered after it).
+    """
     if len(samples) < 4:
         return {"ok": False, "problems": [f"only {len(samples)} samples: run longer"], "details": {}}
     t_end = samples[-1]["t_s"]
@@ -260,10 +265,10 @@ def verdict(
     if np.isfinite(growth) and growth > latency_growth_limit:
         problems.append(f"label latency p99 grew {growth:.2f}x from the first half to the second "
                         f"(limit {latency_growth_limit:g}x: a backlog)")
-    last = samples[-1]
-    details["questions"] = {"asked": last["asked"], "answered": last["answered"]}
-    if last["asked"] and not last["answered"]:
-        problems.append(f"none of {last['asked']} questions was answered")
+    asked, answered = questions if questions is not None else (samples[-1]["asked"], samples[-1]["answered"])
+    details["questions"] = {"asked": asked, "answered": answered}
+    if asked and not answered:
+        problems.append(f"none of {asked} questions was answered")
     return {"ok": not problems, "problems": problems, "details": details}
 
 
@@ -453,11 +458,11 @@ def run_soak(
             "activities": 2 * HISTORY_SIZE,
             "questions_waiting": QUEUE_SIZE,
         }
+        # The last question was waited for (asker.join above): count its answer too.
         result = verdict(samples, rss_slope_limit=rss_slope_limit, bounds=bounds,
-                         latency_growth_limit=latency_growth_limit)
+                         latency_growth_limit=latency_growth_limit,
+                         questions=(observer.asked, observer.answered))
         result["details"]["runner_exit_code"] = runner_code
-        # The last question may have finished after the last sample: count it.
-        result["details"]["questions"] = {"asked": observer.asked, "answered": observer.answered}
         result["details"]["question_failures"] = observer.question_failures[-10:]
         return {"settings": settings, "samples": samples, "verdict": result}
 

@@ -310,9 +310,11 @@ def run_soak(
     rss_slope_limit: float = DEFAULT_RSS_SLOPE_LIMIT_MB_PER_MIN,
     latency_growth_limit: float = LATENCY_GROWTH_LIMIT,
     question_timeout_s: float = QUESTION_TIMEOUT_S,
-    out=sys.stdout,
+    out=None,
 ) -> dict[str, Any]:
-    """Run the soak; returns {"settings", "samples", "verdict"} (see the module docstring)."""
+    """Run the soak; returns {"settings", "samples", "verdict"} (see the module docstring). ``out``:
+    where the table goes (None: sys.stdout at call time, so a replaced stdout gets it)."""
+    out = sys.stdout if out is None else out
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.context import Context
@@ -467,7 +469,8 @@ def run_soak(
         return {"settings": settings, "samples": samples, "verdict": result}
 
 
-def print_verdict(result: dict[str, Any], out=sys.stdout) -> None:
+def print_verdict(result: dict[str, Any], out=None) -> None:
+    out = sys.stdout if out is None else out
     v, d = result["verdict"], result["verdict"]["details"]
     rss = d.get("node_rss_mb", {})
     print("", file=out)

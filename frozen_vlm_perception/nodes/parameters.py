@@ -56,6 +56,17 @@ class ParamSpec:
         return None
 
 
+def refusal(params, specs: Sequence[ParamSpec]) -> str | None:
+    """Why run-time changes ``params`` (rclpy Parameters) are refused, or None (a node's
+    on-set-parameters callback)."""
+    by_name = {spec.name: spec for spec in specs}
+    for param in params:
+        problem = by_name[param.name].check(param.value) if param.name in by_name else None
+        if problem:
+            return problem
+    return None
+
+
 class ParameterError(ValueError):
     """A parameter given to the node (params file, -p) has the wrong type."""
 

@@ -87,6 +87,7 @@ from frozen_vlm_perception.nodes.parameters import (
     dataclass_specs,
     declare_parameters,
     parameter_values,
+    refusal,
     section,
     torch_threads_spec,
 )
@@ -391,13 +392,11 @@ class PerceptionNode(TeardownReleases, LifecycleNode):
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Refuse values outside their choices; fusion settings take effect on the next frame."""
-        spec = {s.name: s for s in PARAMS}
+        problem = refusal(params, PARAMS)
+        if problem:
+            return SetParametersResult(successful=False, reason=problem)
         request = dict(self._fusion_request)
         for param in params:
-            if param.name in spec:
-                problem = spec[param.name].check(param.value)
-                if problem:
-                    return SetParametersResult(successful=False, reason=problem)
             if param.name.startswith("fusion."):
                 request[param.name.split(".", 1)[1]] = param.value
         pipeline = self.pipeline

@@ -73,6 +73,7 @@ from frozen_vlm_perception.nodes.parameters import (
     check_topic_names,
     declare_parameters,
     parameter_values,
+    refusal,
     torch_threads_spec,
 )
 from frozen_vlm_perception.paths import DEFAULT_MODEL_DIR, resolve_model_dir
@@ -207,15 +208,10 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Refuse values outside their ranges; LIVE_PARAMS apply from the next question on, the
         others at the next configure."""
-        spec = {s.name: s for s in PARAMS}
-        live = {}
-        for param in params:
-            if param.name in spec:
-                problem = spec[param.name].check(param.value)
-                if problem:
-                    return SetParametersResult(successful=False, reason=problem)
-                if param.name in LIVE_PARAMS:
-                    live[param.name] = param.value
+        problem = refusal(params, PARAMS)
+        if problem:
+            return SetParametersResult(successful=False, reason=problem)
+        live = {param.name: param.value for param in params if param.name in LIVE_PARAMS}
         if live:
             self._values = {**self._values, **live}  # one attribute swap: a reader sees old or new
         return SetParametersResult(successful=True)

@@ -196,12 +196,12 @@ def verdict(
     rss_slope_limit: float,
     bounds: dict[str, float],
     latency_growth_limit: float = LATENCY_GROWTH_LIMIT,
-    questions: tuple[int, int] | None = None,
+    questions: tuple[int, int],
 ) -> dict[str, Any]:
     """Memory, buffers, labels and questions over the run: what grew, what stalled.
 
-    ``questions``: (asked, answered) at the end, once the last question was waited for (default: the
-    last sample's, which misses a question answered after it).
+    ``questions``: (asked, answered) at the end, once the last question was waited for (the last
+    sample's counts miss a question answered after it).
     """
     if len(samples) < 4:
         return {"ok": False, "problems": [f"only {len(samples)} samples: run longer"], "details": {}}
@@ -265,7 +265,7 @@ def verdict(
     if np.isfinite(growth) and growth > latency_growth_limit:
         problems.append(f"label latency p99 grew {growth:.2f}x from the first half to the second "
                         f"(limit {latency_growth_limit:g}x: a backlog)")
-    asked, answered = questions if questions is not None else (samples[-1]["asked"], samples[-1]["answered"])
+    asked, answered = questions
     details["questions"] = {"asked": asked, "answered": answered}
     if asked and not answered:
         problems.append(f"none of {asked} questions was answered")

@@ -145,6 +145,25 @@ class AdapterConfig:
 
 
 @dataclass
+class ReaderConfig:
+    """The question reader: pseudo-tokens written from the scene *and* the question, placed right
+    after the question (nn/reader.py). The scene's own pseudo-tokens are computed before any question
+    is asked, so they cannot say yes or no; these can. ``num_tokens`` 0: no reader."""
+
+    num_tokens: int = 0
+    dim: int = 256  # working width (scene and question embeddings are projected to it)
+    depth: int = 2
+    heads: int = 4
+    dim_head: int = 64
+    ff_mult: int = 4
+
+    def validate(self) -> None:
+        _check_range("reader.num_tokens", self.num_tokens, 0, 64)
+        for name in ("dim", "depth", "heads", "dim_head", "ff_mult"):
+            _check_range(f"reader.{name}", getattr(self, name), 1, 1 << 16)
+
+
+@dataclass
 class LanguageConfig:
     """The frozen causal language model."""
 
@@ -179,6 +198,7 @@ class ModelConfig:
     imu: ImuConfig = field(default_factory=ImuConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     labels: list[str] = field(default_factory=lambda: list(DEFAULT_ACTIVITY_LABELS))
 
@@ -187,6 +207,7 @@ class ModelConfig:
         self.imu.validate()
         self.fusion.validate()
         self.adapter.validate()
+        self.reader.validate()
         self.language.validate()
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"labels must be at least two distinct names, got {self.labels}")

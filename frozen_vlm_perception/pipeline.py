@@ -267,14 +267,43 @@ class PerceptionPipeline:
         should_stop: Callable[[], bool] | None = None,
     ):
         """Greedy answer of the frozen LM to ``question`` about ``scene`` (None: the question alone)."""
-        if self.language is None:
-            raise RuntimeError("this pipeline was loaded without its language model (load_language=False)")
-        scene_tokens = None
+        language = self._language()
+        scene_tokens, after = None, None
         if scene is not None:
             scene_tokens = torch.from_numpy(np.asarray(scene.latents, dtype=np.float32)).to(self.device)
-        return self.language.generate(
-            scene_tokens, question, max_new_tokens=max_new_tokens, on_text=on_text, should_stop=should_stop
+            after = self.read_question(scene_tokens[None], [question])
+        return language.generate(
+            scene_tokens,
+            question,
+            max_new_tokens=max_new_tokens,
+            on_text=on_text,
+            should_stop=should_stop,
+            after_question=None if after is None else after[0],
         )
+
+    def answer_batch(self, latents: torch.Tensor, question: str, *, max_new_tokens: int | None = None):
+        """Greedy answers to one ``question`` about B scenes' latents (B, K, H), decoded together
+        (``FrozenLanguageModel.generate_batch``, through the question reader when the model has one)."""
+        latents = latents.to(self.device)
+        after = self.read_question(latents, [question] * len(latents))
+        return self._language().generate_batch(
+            latents, question, max_new_tokens=max_new_tokens, after_question=after
+        )
+
+    @torch.inference_mode()
+    def read_question(self, latents: torch.Tensor, questions: list[str]) -> torch.Tensor | None:
+        """The question reader's tokens (B, M, H) for latents (B, K, H) and B questions; None when the
+        model has no reader (its answers read the scene's latents alone)."""
+        reader = self.scene_model.reader
+        if reader is None:
+            return None
+        embeds, mask = self._language().question_embeddings(questions)
+        return reader(latents.to(self.device, torch.float32), embeds.to(self.device, torch.float32), mask)
+
+    def _language(self):
+        if self.language is None:
+            raise RuntimeError("this pipeline was loaded without its language model (load_language=False)")
+        return self.language
 
     # ----------------------------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ DEFAULT_SCENES = 320
 MAX_NEW_TOKENS = 24  # enough for "The person is walking upstairs next to an astronaut."
 GENERAL_SCENES = 5  # scenes whose latents go with the general-knowledge questions
 EXAMPLES_PER_FAMILY = 4
-BATCH = 32  # scenes decoded together per wording (language.generate_batch)
+BATCH = 32  # scenes decoded together per wording (pipeline.answer_batch)
 WORDING_KINDS = ("trained", "held_out")
 
 RULES: dict[str, str] = {
@@ -419,7 +419,7 @@ def evaluate_qa(
     from frozen_vlm_perception.evaluation.scene_outputs import run_scene_model
 
     labels = list(pipeline.config.labels)
-    language, device = pipeline.language, pipeline.device
+    device = pipeline.device
     picks = np.unique(np.linspace(0, len(samples) - 1, num=min(count, len(samples))).round().astype(int))
     latents = run_scene_model(pipeline, samples.subset(picks), "fused")["latents"]
     place_keys = place_keys_for(samples.place_names)
@@ -427,7 +427,7 @@ def evaluate_qa(
     seconds = 0.0
 
     # Every (scene, family, trained/held-out) question first; then each distinct wording is asked
-    # of all its scenes in batches (language.generate_batch), several times faster than one by one.
+    # of all its scenes in batches (pipeline.answer_batch), several times faster than one by one.
     asks: list[tuple[int, int, str, bool, str]] = []  # (row, index, family, held_out, question)
     for row, index in enumerate(picks):
         index = int(index)
@@ -449,7 +449,7 @@ def evaluate_qa(
             part = numbers[chunk : chunk + BATCH]
             scenes = latents[[asks[n][0] for n in part]].to(device)
             for n, generation in zip(
-                part, language.generate_batch(scenes, question, max_new_tokens=max_new_tokens), strict=True
+                part, pipeline.answer_batch(scenes, question, max_new_tokens=max_new_tokens), strict=True
             ):
                 answers[n] = generation.text
             bar.update(len(part))
@@ -479,7 +479,7 @@ def evaluate_qa(
     n_answers = len(records)
     general_rows = np.unique(np.linspace(0, len(picks) - 1, num=min(general_scenes, len(picks))).round())
     general, general_seconds, general_answers = _general(
-        language, general_questions, [latents[int(r)].to(device) for r in general_rows], max_new_tokens
+        pipeline, general_questions, [latents[int(r)].to(device) for r in general_rows], max_new_tokens
     )
     result.update(
         n_scenes=len(picks),
@@ -497,20 +497,16 @@ def evaluate_qa(
 
 
 def _general(
-    language: Any, questions: Sequence[tuple[str, Sequence[str]]], scenes: list, max_new_tokens: int
+    pipeline: Any, questions: Sequence[tuple[str, Sequence[str]]], scenes: list, max_new_tokens: int
 ) -> tuple[dict[str, Any], float, int]:
     start = time.perf_counter()
     rows, with_scene = [], []
     for question, accepted in questions:
-        bare = language.generate(None, question, max_new_tokens=max_new_tokens).text
-        scened = (
-            [
-                g.text
-                for g in language.generate_batch(torch.stack(scenes), question, max_new_tokens=max_new_tokens)
-            ]
-            if scenes
-            else []
-        )
+        bare = pipeline.answer(None, question, max_new_tokens=max_new_tokens).text
+        scened = []
+        if scenes:
+            batch = pipeline.answer_batch(torch.stack(scenes), question, max_new_tokens=max_new_tokens)
+            scened = [g.text for g in batch]
         hits = [general_correct(a, accepted) for a in scened]
         with_scene += hits
         rows.append(

@@ -6,7 +6,7 @@ Prompt layout (the model's own chat template; SmolLM2's ChatML shown, line break
     {system_prompt}<|im_end|>
     <|im_start|>user
     Scene: [K pseudo-tokens]
-    {question}<|im_end|>
+    {question}[M reader tokens]<|im_end|>
     <|im_start|>assistant
     {answer}<|im_end|>                  <- generated (or, in answer_loss, the supervised target)
 
@@ -17,7 +17,8 @@ exactly the slot where K ordinary word embeddings would sit. A space right befor
 goes with the slot, as it would with words (BPE writes "Scene: Paris" as [Scene, :, ĠParis]): the
 prompt with the embeddings of the tokens of " Paris" as the scene equals the prompt "Scene: Paris"
 token for token. Without a scene the placeholder's line is dropped from the user turn, leaving the
-question alone.
+question alone. A question reader's tokens (nn/reader.py; ``after_question``), when a model has
+one, go right after the question, before the end of the user turn.
 
 Nothing here is ever trained: the LM stays in eval mode with ``requires_grad=False`` everywhere.
 ``answer_loss`` still lets gradients flow *through* the LM into the pseudo-tokens, which is how the
@@ -337,12 +338,24 @@ class FrozenLanguageModel(nn.Module):
         text = self._render(question, with_scene=with_scene).replace(_QUESTION_SLOT, question.strip())
         return text.replace(_SENTINEL, self.config.scene_placeholder)
 
-    def build_prompt(self, scene_tokens: torch.Tensor | None, question: str) -> torch.Tensor:
-        """Scene (K, H) or None, and a question -> the prompt's input embeddings (1, T, H)."""
+    def build_prompt(
+        self, scene_tokens: torch.Tensor | None, question: str, *, after_question: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scene (K, H) or None, a question and optional reader tokens (M, H) -> the prompt's input
+        embeddings (1, T, H)."""
         scene = None if scene_tokens is None else self._check_scene(scene_tokens, batched=False)
-        prefix, rest = self._prompt_ids(question, with_scene=scene is not None)
-        parts = [self.embed_ids(prefix)] + ([scene] if scene is not None else []) + [self.embed_ids(rest)]
-        return torch.cat(parts).unsqueeze(0)
+        prefix, asked, tail = self._prompt_ids(question, with_scene=scene is not None)
+        rest = self._after_scene(asked, tail, after_question, batched=False)
+        return torch.cat([self.embed_ids(prefix)] + ([scene] if scene is not None else []) + [rest])[None]
+
+    def question_embeddings(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Questions -> the LM's embeddings of their tokens (B, T, H), right-padded, and the mask of
+        real tokens (B, T) bool: what a question reader reads. Tokenized as the prompt does (text only)."""
+        rows = [self.embed_ids(self._encode_text(self._check_question(q))).detach() for q in questions]
+        width = max(len(row) for row in rows)
+        embeds = torch.stack([F.pad(row, (0, 0, 0, width - len(row))) for row in rows])
+        mask = torch.stack([torch.arange(width) < len(row) for row in rows]).to(self.device)
+        return embeds, mask
 
     # -- inference -------------------------------------------------------------------------------
 
@@ -355,8 +368,10 @@ class FrozenLanguageModel(nn.Module):
         on_text: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         stop_at_eos: bool = True,
+        after_question: torch.Tensor | None = None,
     ) -> Generation:
-        """Greedy answer to ``question`` about the scene (K, H) (or None: the question alone).
+        """Greedy answer to ``question`` about the scene (K, H) (or None: the question alone), with
+        a question reader's tokens (M, H) right after the question when given.
 
         ``on_text`` gets the whole answer so far after every generated token; ``should_stop`` is
         polled before every forward pass and cancels the answer when it returns True.
@@ -365,8 +380,9 @@ class FrozenLanguageModel(nn.Module):
         start = time.perf_counter()
         with torch.inference_mode():  # validates before any work
             scene = None if scene_tokens is None else self._check_scene(scene_tokens, batched=False)
-            prefix, rest = self._prompt_ids(question, with_scene=scene is not None)
-            tail = torch.cat(([scene] if scene is not None else []) + [self.embed_ids(rest)]).unsqueeze(0)
+            prefix, asked, end = self._prompt_ids(question, with_scene=scene is not None)
+            rest = self._after_scene(asked, end, after_question, batched=False)
+            tail = torch.cat(([scene] if scene is not None else []) + [rest]).unsqueeze(0)
         result = self._decode_greedy(
             tail,
             past=self._prefix_cache(prefix, batch=1),
@@ -379,9 +395,15 @@ class FrozenLanguageModel(nn.Module):
 
     @torch.inference_mode()
     def generate_batch(
-        self, scene_tokens: torch.Tensor, question: str, *, max_new_tokens: int | None = None
+        self,
+        scene_tokens: torch.Tensor,
+        question: str,
+        *,
+        max_new_tokens: int | None = None,
+        after_question: torch.Tensor | None = None,
     ) -> list[Generation]:
-        """Greedy answers to one ``question`` about B scenes (B, K, H), decoded together.
+        """Greedy answers to one ``question`` about B scenes (B, K, H), decoded together (with a
+        question reader's tokens (B, M, H) after the question when given).
 
         Every row has the same prompt length (same question, K tokens each), so no padding is
         needed; decoding runs until every row has ended. For evaluation: several times the
@@ -394,8 +416,11 @@ class FrozenLanguageModel(nn.Module):
         limit = self.config.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         if limit < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        prefix, rest = self._prompt_ids(question, with_scene=True)
-        tail = torch.cat([scene, self.embed_ids(rest).expand(batch, -1, -1)], dim=1)
+        prefix, asked, end = self._prompt_ids(question, with_scene=True)
+        rest = self._after_scene(asked, end, after_question, batched=True)
+        if rest.shape[0] not in (1, batch):
+            raise ValueError(f"got {rest.shape[0]} rows of reader tokens for {batch} scenes")
+        tail = torch.cat([scene, rest.expand(batch, -1, -1)], dim=1)
         past = self._prefix_cache(prefix, batch=batch)
         ids: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
@@ -503,30 +528,32 @@ class FrozenLanguageModel(nn.Module):
     # -- training --------------------------------------------------------------------------------
 
     def answer_loss(
-        self, scene_tokens: torch.Tensor, questions: list[str], answers: list[str]
+        self,
+        scene_tokens: torch.Tensor,
+        questions: list[str],
+        answers: list[str],
+        *,
+        after_question: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy of the answers (each followed by the end-of-turn token).
 
-        scene_tokens (B, K, H) -> scalar. Prompt and pseudo-token positions are masked out (-100);
-        the batch is right-padded with an attention mask. Gradients reach ``scene_tokens``; the LM's
-        weights, which require no grad, are left untouched.
+        scene_tokens (B, K, H) and optional reader tokens after_question (B, M, H) -> scalar. Prompt
+        and pseudo-token positions are masked out (-100); the batch is right-padded with an
+        attention mask. Gradients reach both token sets; the LM's weights, which require no grad,
+        are left untouched.
         """
-        scene = self._check_scene(scene_tokens, batched=True)
+        scene, reader = self._check_batch(scene_tokens, questions, answers, after_question)
         batch = scene.shape[0]
-        if not (len(questions) == len(answers) == batch):
-            raise ValueError(
-                f"got {batch} scenes, {len(questions)} questions and {len(answers)} answers; "
-                "they must match one to one"
-            )
         # Every row shares the prompt's prefix (system turn, template up to the scene): its keys and
         # values come from the cache, computed once, and only [scene, question, answer] runs here.
         prefix = None
         rows, targets = [], []
-        for scene_b, question, answer in zip(scene, questions, answers, strict=True):
-            prefix, rest = self._prompt_ids(question, with_scene=True)
+        for b, (question, answer) in enumerate(zip(questions, answers, strict=True)):
+            prefix, asked, end = self._prompt_ids(question, with_scene=True)
+            rest = self._after_scene(asked, end, None if reader is None else reader[b], batched=False)
             answer_ids = self._answer_ids(answer)
-            rows.append(torch.cat([scene_b, self.embed_ids(rest), self.embed_ids(answer_ids)]))
-            targets.append(torch.cat([torch.full((len(scene_b) + len(rest),), -100), answer_ids]))
+            rows.append(torch.cat([scene[b], rest, self.embed_ids(answer_ids)]))
+            targets.append(torch.cat([torch.full((len(scene[b]) + len(rest),), -100), answer_ids]))
         width = max(len(row) for row in rows)
         embeds = torch.stack([F.pad(row, (0, 0, 0, width - len(row))) for row in rows])  # (B, T, H)
         labels = torch.stack([F.pad(t, (0, width - len(t)), value=-100) for t in targets]).to(self.device)
@@ -548,15 +575,21 @@ class FrozenLanguageModel(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), wanted.flatten(), ignore_index=-100)
 
     def answer_loss_full_prompt(
-        self, scene_tokens: torch.Tensor, questions: list[str], answers: list[str]
+        self,
+        scene_tokens: torch.Tensor,
+        questions: list[str],
+        answers: list[str],
+        *,
+        after_question: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``answer_loss`` without the prefix cache: the whole prompt runs (the reference it must equal)."""
-        scene = self._check_scene(scene_tokens, batched=True)
+        scene, reader = self._check_batch(scene_tokens, questions, answers, after_question)
         rows, targets = [], []
-        for scene_b, question, answer in zip(scene, questions, answers, strict=True):
-            prefix, rest = self._prompt_ids(question, with_scene=True)
+        for b, (question, answer) in enumerate(zip(questions, answers, strict=True)):
+            prefix, asked, end = self._prompt_ids(question, with_scene=True)
+            rest = self._after_scene(asked, end, None if reader is None else reader[b], batched=False)
             answer_ids = self._answer_ids(answer)
-            prompt = torch.cat([self.embed_ids(prefix), scene_b, self.embed_ids(rest)])
+            prompt = torch.cat([self.embed_ids(prefix), scene[b], rest])
             rows.append(torch.cat([prompt, self.embed_ids(answer_ids)]))
             targets.append(torch.cat([torch.full((len(prompt),), -100), answer_ids]))
         width = max(len(row) for row in rows)
@@ -611,21 +644,54 @@ class FrozenLanguageModel(nn.Module):
             raise ValueError("the question contains the reserved character U+E000")
         return question
 
-    def _check_scene(self, scene: torch.Tensor, *, batched: bool) -> torch.Tensor:
-        """Validated scene tokens (K, H), or (B, K, H) when batched, on the LM's device and dtype."""
-        shape = "(B, K, H)" if batched else "(K, H)"
+    def _check_scene(self, scene: torch.Tensor, *, batched: bool, what: str = "scene") -> torch.Tensor:
+        """Validated scene tokens (K, H), or (B, K, H) when batched, on the LM's device and dtype
+        (``what``: "reader" for a question reader's tokens, in the messages)."""
+        count = "K" if what == "scene" else "M"
+        shape = f"(B, {count}, H)" if batched else f"({count}, H)"
         if not isinstance(scene, torch.Tensor):
-            raise ValueError(f"scene tokens must be a tensor {shape}, got {type(scene).__name__}")
+            raise ValueError(f"{what} tokens must be a tensor {shape}, got {type(scene).__name__}")
         if scene.ndim != (3 if batched else 2) or scene.shape[-1] != self.hidden_size or 0 in scene.shape:
             raise ValueError(
-                f"scene tokens must have shape {shape} with H = {self.hidden_size} (the LM's hidden size) "
-                f"and K >= 1, got {tuple(scene.shape)}"
+                f"{what} tokens must have shape {shape} with H = {self.hidden_size} (the LM's hidden size) "
+                f"and {count} >= 1, got {tuple(scene.shape)}"
             )
         if not scene.is_floating_point():
-            raise ValueError(f"scene tokens must be floating point, got {scene.dtype}")
+            raise ValueError(f"{what} tokens must be floating point, got {scene.dtype}")
         if not bool(torch.isfinite(scene).all()):
-            raise ValueError("scene tokens contain NaN or infinite values")
+            raise ValueError(f"{what} tokens contain NaN or infinite values")
         return scene.to(self.device, self.dtype)
+
+    def _check_batch(
+        self, scene_tokens: torch.Tensor, questions: list[str], answers: list[str], after_question
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        scene = self._check_scene(scene_tokens, batched=True)
+        reader = None
+        if after_question is not None:
+            reader = self._check_scene(after_question, batched=True, what="reader")
+        batch = scene.shape[0]
+        if not (len(questions) == len(answers) == batch) or (reader is not None and len(reader) != batch):
+            raise ValueError(
+                f"got {batch} scenes, {len(questions)} questions, {len(answers)} answers"
+                + ("" if reader is None else f" and {len(reader)} reader rows")
+                + "; they must match one to one"
+            )
+        return scene, reader
+
+    def _after_scene(
+        self, asked: torch.Tensor, end: torch.Tensor, reader: torch.Tensor | None, *, batched: bool
+    ) -> torch.Tensor:
+        """The embeddings after the scene: the question (ids ``asked``), the reader's tokens (M, H),
+        or (B, M, H) when ``batched`` (then (B, T, H) comes back), and the end of the turn (ids ``end``)."""
+        question, tail = self.embed_ids(asked), self.embed_ids(end)
+        if reader is None:
+            rest = torch.cat([question, tail])
+            return rest[None] if batched else rest
+        reader = self._check_scene(reader, batched=batched, what="reader")
+        if not batched:
+            return torch.cat([question, reader, tail])
+        rows = reader.shape[0]
+        return torch.cat([question.expand(rows, -1, -1), reader, tail.expand(rows, -1, -1)], dim=1)
 
     def _render(self, question: str, *, with_scene: bool) -> str:
         """The chat prompt as text with _SENTINEL where the scene goes and _QUESTION_SLOT where the
@@ -647,11 +713,15 @@ class FrozenLanguageModel(nn.Module):
             )
         return text
 
-    def _prompt_ids(self, question: str, *, with_scene: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prefix, rest) token ids: the scene (if any) goes between them.
+    def _prompt_ids(
+        self, question: str, *, with_scene: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prefix, asked, end) token ids: the scene (if any) goes between prefix and asked, a
+        question reader's tokens (if any) between asked and end.
 
-        ``prefix`` is trusted template text only (cacheable: see _prefix_cache); ``rest`` is the
-        template around the question plus the question, which is tokenized as plain text.
+        ``prefix`` is trusted template text only (cacheable: see _prefix_cache); ``asked`` is the
+        template before the question plus the question, which is tokenized as plain text; ``end``
+        is the template after it (the end of the user turn, the start of the answer).
         """
         text = self._render(question, with_scene=with_scene)
         head, tail = text.split(_QUESTION_SLOT)
@@ -664,8 +734,8 @@ class FrozenLanguageModel(nn.Module):
                 prefix_text = prefix_text[:-1]
         else:
             prefix_text, middle = head, ""
-        rest = [self._encode(middle), self._encode_text(question.strip()), self._encode(tail)]
-        return self._encode(prefix_text), torch.cat(rest)
+        asked = torch.cat([self._encode(middle), self._encode_text(question.strip())])
+        return self._encode(prefix_text), asked, self._encode(tail)
 
     def _answer_ids(self, answer: str) -> torch.Tensor:
         if not isinstance(answer, str) or not answer.strip():

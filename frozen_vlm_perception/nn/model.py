@@ -4,8 +4,10 @@
                                            ├─ ModalityFusion ─ PerceiverResampler ─┬─ latents (B, L, H)
     IMU window ─ ImuEncoder (trainable) ───┘   (or pooled ─ LinearAdapter)         └─ ActivityHead ─ logits
 
-The frozen vision encoder and the frozen LM are not part of it: the vision encoder runs before it
-(its outputs can be cached for training) and the LM reads its latents as pseudo-tokens (width H).
+An optional question reader (nn/reader.py) writes M more pseudo-tokens from the latents and a
+question, when the question is asked. The frozen vision encoder and the frozen LM are not part of
+it: the vision encoder runs before it (its outputs can be cached for training) and the LM reads its
+latents as pseudo-tokens (width H).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from frozen_vlm_perception.nn.adapter import LinearAdapter
 from frozen_vlm_perception.nn.fusion import ModalityFusion
 from frozen_vlm_perception.nn.heads import ActivityHead
 from frozen_vlm_perception.nn.imu import ImuEncoder
+from frozen_vlm_perception.nn.reader import QuestionReader
 from frozen_vlm_perception.nn.resampler import PerceiverResampler
 
 
@@ -51,6 +54,10 @@ class SceneModel(nn.Module):
                 in_dim=vision_dim, out_dim=lm_dim, num_tokens=config.adapter.num_tokens
             )
         self.head = ActivityHead(dim=lm_dim, num_labels=len(config.labels))
+        # Not part of forward: it reads the question too, so it runs when a question is answered.
+        self.reader = (
+            QuestionReader(config=config.reader, lm_dim=lm_dim) if config.reader.num_tokens > 0 else None
+        )
 
     @property
     def num_scene_tokens(self) -> int:

@@ -50,10 +50,11 @@ from frozen_vlm_perception.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from frozen_vlm_perception.config import ModelConfig, SyncConfig
+from frozen_vlm_perception.config import ConfigError, ModelConfig, SyncConfig
 from frozen_vlm_perception.data.config import DataConfig
 from frozen_vlm_perception.data.embeddings import EmbeddingSet, EncoderFactory
 from frozen_vlm_perception.nn.model import SceneModel
+from frozen_vlm_perception.nn.reader import QuestionReader
 from frozen_vlm_perception.questions import (
     GENERAL_TRAINING_QUESTIONS,
     families_for,
@@ -84,6 +85,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "adapter"
 PLOT_FILE = "train_adapter.png"
+READER_STAGE = "reader"  # only_reader: the question reader trained alone on a finished folder
+READER_PLOT_FILE = "train_reader.png"
 MODES = ("fused", "vision", "imu")
 HEAD_BATCH = 64  # head refit: samples per step
 HEAD_VAL_EVERY = 50  # head refit: steps between validations
@@ -140,6 +143,16 @@ def train_adapter(
     new_gate = train.fusion == "gate" and config.fusion.weighting != "gate"
     if train.fusion:
         config = replace(config, fusion=replace(config.fusion, weighting=train.fusion))
+    new_reader = train.reader_tokens > 0
+    if new_reader:
+        if config.reader.num_tokens > 0 and not train.reinit:
+            raise ConfigError(
+                f"{model_dir} already has a question reader ({config.reader.num_tokens} tokens): train it on "
+                "without reader_tokens, or start a new one from a folder without"
+            )
+        config = replace(config, reader=replace(config.reader, num_tokens=train.reader_tokens))
+    if train.only_reader and config.reader.num_tokens == 0:
+        raise ConfigError(f"only_reader: {model_dir} has no question reader; add one with reader_tokens")
     scene_model = SceneModel(
         config=config,
         vision_dim=dims["vision_dim"],
@@ -149,8 +162,9 @@ def train_adapter(
     if train.reinit:  # only stage 1's IMU encoder comes from the folder
         load_state_into(model_dir, scene_model.imu_encoder, prefix="imu_encoder.")
         reinit_stage2_parts(scene_model, seed=train.seed)
-    else:  # a gate new to the folder keeps its fresh init (it starts at the folder's alpha)
-        load_state_into(model_dir, scene_model, allow_missing=("fusion.gate.",) if new_gate else ())
+    else:  # a gate or reader new to the folder keeps its fresh init (the folder's alpha; zero tokens)
+        new_parts = (("fusion.gate.",) if new_gate else ()) + (("reader.",) if new_reader else ())
+        load_state_into(model_dir, scene_model, allow_missing=new_parts)
     scene_model.to(ctx.device)
     language = language if language is not None else _load_language(config, ctx.device)
     if language.hidden_size != dims["lm_dim"]:
@@ -158,6 +172,9 @@ def train_adapter(
             f"{model_dir}: lm_dim {dims['lm_dim']}, the language model's width is {language.hidden_size}"
         )
     frozen_imu = freeze_for_stage2(scene_model)
+    if train.only_reader:
+        scene_model.requires_grad_(False)
+        scene_model.reader.requires_grad_(True)
     model = ctx.wrap(scene_model)
     optimizer = adamw(scene_model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
 
@@ -198,7 +215,7 @@ def train_adapter(
 
     # Step 0: the untrained adapter through the frozen LM, the baseline for everything after.
     stop = validate({"step": 0, "epoch": 0, "lr": 0.0})
-    if train.caption_steps > 0:
+    if train.caption_steps > 0 and not train.only_reader:  # the caption loss moves the scene tokens only
         started = time.perf_counter()
         caption = caption_warm_start(model, optimizer, loader, task, train, config, rng, ctx.device)
         history.steps.extend(caption)
@@ -237,8 +254,8 @@ def train_adapter(
     bar.close()
 
     scene_model.load_state_dict(best["state"], strict=False)
-    head_record = None
-    if train.head_steps > 0:
+    head_record, fusion_record = None, None
+    if train.head_steps > 0 and not train.only_reader:
         head_record = refit_head(scene_model, train_set, val_set, config, train, ctx.device)
         h = head_record
         say(
@@ -247,8 +264,9 @@ def train_adapter(
             f"{h['val_acc_fused_before']:.3f} -> {h['val_acc_fused_after']:.3f} (kept step {h['kept_step']})",
         )
     # The fixed alpha is chosen on the validation data (a gate, if any, is kept and scored beside it).
-    fusion_record = choose_fusion(scene_model, val_set, list(config.labels), ctx.device)
-    say(ctx, "fusion weight on the validation data:\n" + sweep_table(fusion_record))
+    if not train.only_reader:
+        fusion_record = choose_fusion(scene_model, val_set, list(config.labels), ctx.device)
+        say(ctx, "fusion weight on the validation data:\n" + sweep_table(fusion_record))
     config = scene_model.config
     frozen_ok = _same_state(frozen_imu, scene_model.imu_encoder.state_dict())
     if not frozen_ok:  # cannot happen unless someone unfreezes it; never ship a silently changed encoder
@@ -257,7 +275,8 @@ def train_adapter(
     report["fusion"] = fusion_record
     report["head_refit"] = head_record
     if ctx.is_main:
-        _write_folder(out_dir, scene_model, config, metadata, report, history)
+        stage = READER_STAGE if train.only_reader else STAGE
+        _write_folder(out_dir, scene_model, config, metadata, report, history, stage=stage)
     ctx.barrier()
     return AdapterResult(model_dir=out_dir, best=best["metrics"], history=history, report=report)
 
@@ -413,11 +432,13 @@ def _train_step(
             loss = loss + train.gate_weight * gate
             losses["gate"] = gate.detach().item()
     if with_lm and not caption_only:
-        lm = lm_loss(task, out.latents, batch, has_vision, train.lm_batch_size, rng)
+        lm = lm_loss(task, out.latents, batch, has_vision, train.lm_batch_size, rng, _unwrap(model).reader)
         if lm is not None:
             loss = loss + train.lm_weight * lm
             losses["lm_loss"] = lm.detach().item()
     optimizer.zero_grad(set_to_none=True)
+    if not loss.requires_grad:  # only_reader, and no labelled sample reached the LM: nothing to learn
+        return losses | {"loss": loss.detach().item()}
     loss.backward()
     if train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], train.grad_clip)
@@ -468,6 +489,7 @@ def lm_loss(
     has_vision: Tensor,
     limit: int,
     rng: random.Random | None,
+    reader: QuestionReader | None = None,
 ) -> Tensor | None:
     """The frozen LM's answer loss for up to ``limit`` labelled samples of the batch (None if none).
 
@@ -475,6 +497,7 @@ def lm_loss(
     With ``rng`` (training) each sample gets a random family and wording (questions.make_qa), or,
     with probability ``task.p_general``, a general question and the LM's own no-scene answer. Without
     (validation) the families the sample can answer are cycled by its position, trained wordings.
+    With a question ``reader``, its tokens (from the latents and each question) follow the question.
     Returns a scalar."""
     labels = batch["label"].tolist()
     chosen = [i for i, lab in enumerate(labels) if lab >= 0][:limit]
@@ -502,7 +525,11 @@ def lm_loss(
             question, answer = qa.question, qa.answer
         questions.append(question)
         answers.append(answer)
-    return task.language.answer_loss(latents[chosen], questions, answers)
+    if reader is None:
+        return task.language.answer_loss(latents[chosen], questions, answers)
+    embeds, mask = task.language.question_embeddings(questions)
+    after = reader(latents[chosen], embeds.to(latents.device, latents.dtype), mask.to(latents.device))
+    return task.language.answer_loss(latents[chosen], questions, answers, after_question=after)
 
 
 def sample_modalities(
@@ -575,7 +602,7 @@ def evaluate_adapter(
         out = _forward(scene_model, val_set, chunk, "fused", ctx.device)
         batch = {"label": labels[chunk], "place_id": val_set.place_id[chunk]}
         has_vision = torch.ones(len(chunk), dtype=torch.bool)
-        loss = lm_loss(task, out.latents, batch, has_vision, len(chunk), None)
+        loss = lm_loss(task, out.latents, batch, has_vision, len(chunk), None, scene_model.reader)
         if loss is not None:
             total += float(loss) * len(chunk)
             count += len(chunk)
@@ -767,11 +794,16 @@ def _write_folder(
     metadata: dict,
     report: dict,
     history: History,
+    *,
+    stage: str = STAGE,
 ) -> None:
-    """The completed folder: weights + config (stage-1 metadata kept, stage 2's added), report, plot."""
+    """The completed folder: weights + config (stage-1 metadata kept, stage 2's added), report, plot.
+
+    ``stage`` READER_STAGE (only_reader): the folder's own stage-2 record stays beside this run's, as
+    its scene model is the one that record describes."""
     metadata = dict(metadata)
     training = dict(metadata.get("training") or {})
-    training[STAGE] = {
+    training[stage] = {
         "run": report["run"],
         "seed": report["settings"]["seed"],
         "from_model": report["from_model"],
@@ -784,9 +816,9 @@ def _write_folder(
     save_checkpoint(
         out_dir, config=config, dims=scene_model.dims, state_dict=scene_model.state_dict(), metadata=metadata
     )
-    _write_report(Path(report["from_model"]), out_dir, report)
+    _write_report(Path(report["from_model"]), out_dir, report, stage=stage)
     plot_history(
-        out_dir / PLOT_FILE,
+        out_dir / (READER_PLOT_FILE if stage == READER_STAGE else PLOT_FILE),
         history,
         title=f"stage 2: adapter ({out_dir.name})",
         step_keys=["loss", "ce", "lm_loss"],
@@ -795,7 +827,7 @@ def _write_folder(
     log.info("stage 2 model written to %s", out_dir)
 
 
-def _write_report(from_model: Path, out_dir: Path, report: dict) -> None:
+def _write_report(from_model: Path, out_dir: Path, report: dict, *, stage: str = STAGE) -> None:
     """train_report.json with stage 1's record (and plot) from the folder stage 2 started from, and
     this run's. Records of later stages there (an earlier stage 2, ``fvp train fusion``) describe
     another model and are left behind: this run chose its own alpha (``report["fusion"]``)."""
@@ -807,13 +839,17 @@ def _write_report(from_model: Path, out_dir: Path, report: dict) -> None:
     from frozen_vlm_perception.training.common import REPORT_FILE
 
     try:
-        stage1 = json.loads((from_model / REPORT_FILE).read_text()).get(ALIGN_STAGE)
+        before = json.loads((from_model / REPORT_FILE).read_text())
     except (OSError, ValueError):
-        stage1 = None
-    if out_dir != from_model and (from_model / ALIGN_PLOT).is_file():
-        shutil.copyfile(from_model / ALIGN_PLOT, out_dir / ALIGN_PLOT)
-    document = {ALIGN_STAGE: stage1} if stage1 is not None else {}
-    write_json(out_dir / REPORT_FILE, document | {STAGE: report})
+        before = {}
+    # only_reader: the folder's scene model stays, and so do the records that describe it
+    kept = (ALIGN_STAGE,) if stage == STAGE else (ALIGN_STAGE, STAGE, "fusion")
+    plots = (ALIGN_PLOT,) if stage == STAGE else (ALIGN_PLOT, PLOT_FILE)
+    for plot in plots:
+        if out_dir != from_model and (from_model / plot).is_file():
+            shutil.copyfile(from_model / plot, out_dir / plot)
+    document = {key: before[key] for key in kept if isinstance(before, dict) and before.get(key) is not None}
+    write_json(out_dir / REPORT_FILE, document | {stage: report})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -140,6 +140,16 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _option(stage, defaults, "val_every", int, "validate every n steps; 0: every epoch")
     _option(stage, defaults, "val_lm_samples", int, "validation samples through the LM")
+    _option(
+        stage, defaults, "reader_tokens", int,
+        "add a fresh question reader writing this many tokens after the question (0: the folder's)",
+    )  # fmt: skip
+    stage.add_argument(
+        "--only-reader",
+        action="store_true",
+        default=None,
+        help="train the question reader alone; the folder's fusion, adapter and head stay as they are",
+    )
 
 
 def add_fusion_arguments(parser: argparse.ArgumentParser) -> None:

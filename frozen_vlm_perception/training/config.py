@@ -103,6 +103,12 @@ class AdapterTrainConfig:
     # With a gate: weight of its own loss, which teaches it per sample which modality gives the true
     # label more probability (training/adapter.py gate_loss); the head's loss alone barely moves it.
     gate_weight: float = 1.0
+    # A question reader (config.ReaderConfig, nn/reader.py) with this many tokens, new to the folder
+    # (fresh, its output at zero); 0: keep the folder's (none, or the one it has).
+    reader_tokens: int = 0
+    # Train the question reader alone: the scene model (fusion, adapter, head, alpha) stays as the
+    # folder has it, so labels and latents do not change and only the answers can.
+    only_reader: bool = False
     # After the adapter is chosen: steps that refit the activity head alone on its latents (0: none).
     head_steps: int = 1000
     val_every: int = 200  # validate every n steps; 0: after every epoch
@@ -139,6 +145,10 @@ class AdapterTrainConfig:
             raise ConfigError(f"alpha_jitter must lie in [0, 0.5], got {self.alpha_jitter}")
         if self.monitor not in ADAPTER_MONITORS:
             raise ConfigError(f"monitor must be one of {sorted(ADAPTER_MONITORS)}, got {self.monitor!r}")
+        if not 0 <= self.reader_tokens <= 64:
+            raise ConfigError(f"reader_tokens must lie in [0, 64], got {self.reader_tokens}")
+        if self.only_reader and (self.reinit or self.adapter or self.fusion):
+            raise ConfigError("only_reader keeps the folder's scene model: no reinit, adapter or fusion")
 
 
 def _positive(name: str, value: int) -> None:

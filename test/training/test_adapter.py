@@ -341,6 +341,62 @@ def test_stage2_stops_after_patience_validations_without_improvement(
     assert all(torch.equal(saved[k], v) for k, v in states[3].items())
 
 
+def test_only_reader_trains_a_new_question_reader_and_keeps_the_scene_model(
+    tmp_path, tiny_bags, tiny_lm, tiny_lm_folder, embedding_cache
+):
+    """--reader-tokens 2 --only-reader on a finished folder: the reader learns through the LM loss,
+    every other weight (and the alpha) is saved bit-identical, the folder's records stay beside the
+    new one, and the finished folder answers through its reader."""
+    from frozen_vlm_perception.config import ConfigError
+
+    start = _fresh_stage1(tmp_path / "stage1", tiny_lm_folder)
+    settings = AdapterTrainConfig(
+        max_steps=12, batch_size=16, lm_batch_size=8, lr=1e-2, warmup_steps=1, val_every=6, val_lm_samples=16,
+        patience=100, caption_steps=5, p_general=0.0, device="cpu", progress=False,
+        reader_tokens=2, only_reader=True,
+    )  # fmt: skip
+    data = tiny_data_config(*tiny_bags, embedding_cache)
+    out = tmp_path / "reader"
+    result = train_adapter(data=data, model_dir=start, train=settings, out_dir=out, language=tiny_lm)
+
+    before, after = load_file(start / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(after) - set(before) and all(k.startswith("reader.") for k in set(after) - set(before))
+    for key, value in before.items():
+        assert torch.equal(after[key], value), f"{key} changed although only the reader trains"
+    assert after["reader.out_proj.weight"].abs().sum() > 0  # it left its zero start
+    evals = result.history.evals
+    assert [e["step"] for e in evals] == [0, 6, 12]  # no caption warm start: it moves scene tokens only
+    assert result.best["val_lm_loss"] < evals[0]["val_lm_loss"] - 0.05, [e["val_lm_loss"] for e in evals]
+    stored, _, metadata = read_checkpoint_config(out)
+    assert stored.reader.num_tokens == 2 and "reader" in metadata["training"]
+    assert stored.fusion.alpha == read_checkpoint_config(start)[0].fusion.alpha
+    report = json.loads((out / "train_report.json").read_text())
+    assert "reader" in report and report["reader"]["fusion"] is None
+    assert (out / "train_reader.png").is_file()
+
+    pipeline = PerceptionPipeline.from_model_dir(out, device="cpu")
+    scene = pipeline.encode_one(torch.zeros(48, 64, 3, dtype=torch.uint8).numpy(), torch.zeros(64, 6).numpy())
+    answer = pipeline.answer(scene, STANDARD_QUESTION, max_new_tokens=4)
+    latents = torch.from_numpy(scene.latents)
+    embeds, mask = tiny_lm.question_embeddings([STANDARD_QUESTION])
+    with torch.no_grad():
+        tokens = pipeline.scene_model.reader(latents[None], embeds, mask)[0]
+    direct = tiny_lm.generate(latents, STANDARD_QUESTION, max_new_tokens=4, after_question=tokens)
+    assert (answer.text, answer.num_tokens) == (direct.text, direct.num_tokens)
+    batch = pipeline.answer_batch(latents[None], STANDARD_QUESTION, max_new_tokens=4)
+    assert batch[0].text == answer.text
+
+    # A folder that has a reader trains it on; asking for a new one there is refused.
+    again = dataclasses.replace(settings, max_steps=1, val_every=1)
+    with pytest.raises(ConfigError, match="already has a question reader"):
+        train_adapter(data=data, model_dir=out, train=again, out_dir=tmp_path / "x", language=tiny_lm)
+    with pytest.raises(ConfigError, match="has no question reader"):
+        train_adapter(
+            data=data, model_dir=start, train=dataclasses.replace(again, reader_tokens=0),
+            out_dir=tmp_path / "y", language=tiny_lm,
+        )  # fmt: skip
+
+
 def test_head_refit_moves_only_the_head_and_keeps_its_best_validation_state(
     tmp_path, tiny_bags, tiny_lm_folder, embedding_cache
 ):

@@ -143,13 +143,15 @@ def train_adapter(
     new_gate = train.fusion == "gate" and config.fusion.weighting != "gate"
     if train.fusion:
         config = replace(config, fusion=replace(config.fusion, weighting=train.fusion))
-    new_reader = train.reader_tokens > 0
-    if new_reader:
-        if config.reader.num_tokens > 0 and not train.reinit:
-            raise ConfigError(
-                f"{model_dir} already has a question reader ({config.reader.num_tokens} tokens): train it on "
-                "without reader_tokens, or start a new one from a folder without"
-            )
+    # reader_tokens N: a folder without a reader gets a fresh one; one with N tokens trains it on.
+    has, wanted = config.reader.num_tokens, train.reader_tokens
+    new_reader = wanted > 0 and has == 0
+    if wanted > 0 and has not in (0, wanted) and not train.reinit:
+        raise ConfigError(
+            f"{model_dir} has a question reader of {has} tokens, not {wanted}: train it on "
+            "(reader_tokens 0 or the same count), or start afresh with reinit"
+        )
+    if train.reader_tokens > 0:
         config = replace(config, reader=replace(config.reader, num_tokens=train.reader_tokens))
     if train.only_reader and config.reader.num_tokens == 0:
         raise ConfigError(f"only_reader: {model_dir} has no question reader; add one with reader_tokens")

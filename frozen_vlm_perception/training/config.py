@@ -103,8 +103,9 @@ class AdapterTrainConfig:
     # With a gate: weight of its own loss, which teaches it per sample which modality gives the true
     # label more probability (training/adapter.py gate_loss); the head's loss alone barely moves it.
     gate_weight: float = 1.0
-    # A question reader (config.ReaderConfig, nn/reader.py) with this many tokens, new to the folder
-    # (fresh, its output at zero); 0: keep the folder's (none, or the one it has).
+    # A question reader (config.ReaderConfig, nn/reader.py) of this many tokens: added fresh (its
+    # output at zero) to a folder without one, trained on where the folder has one of this size;
+    # 0: the folder's (none, or the one it has).
     reader_tokens: int = 0
     # Train the question reader alone: the scene model (fusion, adapter, head, alpha) stays as the
     # folder has it, so labels and latents do not change and only the answers can.

@@ -33,6 +33,13 @@ class ScriptedLanguage:
     def generate_batch(self, scenes, question, **kwargs) -> list[Generation]:
         return [self._one() for _ in range(len(scenes))]
 
+    def question_embeddings(self, questions):
+        """What a model's question reader reads (one zero token each): its answers are scripted anyway."""
+        import torch
+
+        count = len(questions)
+        return torch.zeros(count, 1, self.hidden_size), torch.ones(count, 1, dtype=torch.bool)
+
 
 @pytest.fixture(scope="module")
 def small_bag(tmp_path_factory):

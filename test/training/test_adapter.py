@@ -386,15 +386,17 @@ def test_only_reader_trains_a_new_question_reader_and_keeps_the_scene_model(
     batch = pipeline.answer_batch(latents[None], STANDARD_QUESTION, max_new_tokens=4)
     assert batch[0].text == answer.text
 
-    # A folder that has a reader trains it on; asking for a new one there is refused.
-    again = dataclasses.replace(settings, max_steps=1, val_every=1)
-    with pytest.raises(ConfigError, match="already has a question reader"):
-        train_adapter(data=data, model_dir=out, train=again, out_dir=tmp_path / "x", language=tiny_lm)
-    with pytest.raises(ConfigError, match="has no question reader"):
+    # A folder that has a reader trains it on; a reader of another size is refused; no reader, too.
+    again = dataclasses.replace(settings, max_steps=1, val_every=1, reader_tokens=0)
+    on = train_adapter(data=data, model_dir=out, train=again, out_dir=tmp_path / "on", language=tiny_lm)
+    assert on.history.steps and read_checkpoint_config(tmp_path / "on")[0].reader.num_tokens == 2
+    with pytest.raises(ConfigError, match="has a question reader of 2 tokens, not 3"):
         train_adapter(
-            data=data, model_dir=start, train=dataclasses.replace(again, reader_tokens=0),
-            out_dir=tmp_path / "y", language=tiny_lm,
+            data=data, model_dir=out, train=dataclasses.replace(again, reader_tokens=3),
+            out_dir=tmp_path / "x", language=tiny_lm,
         )  # fmt: skip
+    with pytest.raises(ConfigError, match="has no question reader"):
+        train_adapter(data=data, model_dir=start, train=again, out_dir=tmp_path / "y", language=tiny_lm)
 
 
 def test_head_refit_moves_only_the_head_and_keeps_its_best_validation_state(

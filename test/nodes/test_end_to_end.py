@@ -145,19 +145,20 @@ def test_vision_only_fallback_when_the_imu_is_silent(ros):
         silent_since = time.time()  # no IMU sample is stamped after this
         # A frame up to sync.max_lag_s after the last sample still holds it; none later has a window.
         no_window_after = silent_since + SyncConfig().max_lag_s
-        labels = ros.labels.wait_for(lambda msgs: len(after_stamp(msgs, no_window_after)) >= 8, timeout=20,
+        # Bounds on a hang (the pair run with two more jobs on the two cores took longer than 20 s).
+        labels = ros.labels.wait_for(lambda msgs: len(after_stamp(msgs, no_window_after)) >= 8, timeout=60,
                                      since=silent_since)
         assert {m.source for m in after_stamp(labels, no_window_after)} == {"vision"}
         diag = ros.diagnostics.wait_for(
             lambda _: any(int(d.get("vision_fallback:imu_silent", 0)) > 0
                           for d in diagnostics_of(ros, "perception", silent_since)),
-            timeout=10, since=silent_since)
+            timeout=30, since=silent_since)
         assert diag
     finally:
         ros.stream.imu_enabled = True
     # Back to fused once a full window without a gap has been buffered again.
     back = time.time()
-    ros.labels.wait_for(lambda msgs: len(fused(msgs)) >= 3, timeout=30, since=back)
+    ros.labels.wait_for(lambda msgs: len(fused(msgs)) >= 3, timeout=60, since=back)
 
 
 def test_query_service_answers_from_another_process(ros):

@@ -189,6 +189,7 @@ def train_adapter(
         num_tokens=scene_model.num_scene_tokens,
         general=general_answers(language, GENERAL_TRAINING_QUESTIONS) if train.p_general > 0 else (),
         p_general=train.p_general,
+        p_yes_no=train.p_yes_no,
         answers_name_place=train.answers_name_place,
     )
     total_steps = min(train.max_steps, train.epochs * len(loader))
@@ -322,6 +323,7 @@ class LmTask:
     num_tokens: int  # K pseudo-tokens per scene
     general: tuple[tuple[str, str], ...] = ()  # (question, the LM's own answer without a scene)
     p_general: float = 0.0
+    p_yes_no: float = 0.0  # share of the scene questions that are yes/no (0: every family equally often)
     answers_name_place: bool = False  # questions.reference_answer(place_everywhere=...)
     _captions: dict[str, Tensor] = field(default_factory=dict)
 
@@ -512,8 +514,9 @@ def lm_loss(
         if rng is not None and task.general and rng.random() < task.p_general:
             question, answer = rng.choice(task.general)
         elif rng is not None:
+            family = "yes_no" if task.p_yes_no > 0 and rng.random() < task.p_yes_no else None
             qa = make_qa(
-                task.labels[labels[i]], place, has_vision=vision, rng=rng,
+                task.labels[labels[i]], place, has_vision=vision, rng=rng, family=family,
                 place_everywhere=task.answers_name_place,
             )  # fmt: skip
             question, answer = qa.question, qa.answer

@@ -90,6 +90,10 @@ class AdapterTrainConfig:
     caption_steps: int = 1500
     caption_weight: float = 0.2  # the caption loss's weight during the LM steps (keeps tokens word-like)
     p_general: float = 0.1  # share of LM samples that ask a general question, taught its no-scene answer
+    # Share of the other LM samples asked a yes/no question (0: each family the sample can answer
+    # equally often). A yes or no is one token of a dozen in the answer loss; more of them is more
+    # signal for the word a question reader must decide.
+    p_yes_no: float = 0.0
     # Activity and yes/no answers name the known place after the activity (questions.reference_answer).
     # Without it the LM learns "The person is <activity>." and falls back on it for place questions:
     # held-out place wordings 0.61 -> 1.00, activity and place 0.60 -> 0.96 (docs/ANSWERS.md).
@@ -139,6 +143,8 @@ class AdapterTrainConfig:
             raise ConfigError(f"p_gate must lie in [0, 1], got {self.p_gate}")
         if self.caption_steps < 0 or self.head_steps < 0 or not 0 <= self.p_general <= 1:
             raise ConfigError("caption_steps and head_steps must be >= 0 and p_general in [0, 1]")
+        if not 0 <= self.p_yes_no <= 1:
+            raise ConfigError(f"p_yes_no must lie in [0, 1], got {self.p_yes_no}")
         probs = (self.p_fused, self.p_vision, self.p_imu)
         if min(probs) < 0 or sum(probs) <= 0:
             raise ConfigError(f"modality probabilities must be >= 0 and not all 0, got {probs}")

@@ -470,3 +470,25 @@ def test_lm_loss_teaches_the_place_in_every_answer_only_when_asked(tiny_lm, name
         assert all(named)
     else:
         assert any(named) and not all(named)  # only the place families name it
+
+
+@pytest.mark.parametrize("p_yes_no", [0.0, 0.5, 1.0])
+def test_p_yes_no_is_the_share_of_yes_no_questions_taught(tiny_lm, p_yes_no, monkeypatch):
+    from frozen_vlm_perception.questions import FAMILIES
+    from frozen_vlm_perception.training.adapter import LmTask, lm_loss
+
+    asked: list[str] = []
+    real = tiny_lm.answer_loss
+    monkeypatch.setattr(tiny_lm, "answer_loss", lambda z, q, a, **kw: asked.extend(q) or real(z, q, a, **kw))
+    task = LmTask(
+        language=tiny_lm, labels=["sitting", "walking"], place_names=["cat"], num_tokens=2, p_yes_no=p_yes_no
+    )
+    batch = {"label": torch.tensor([0, 1] * 4), "place_id": torch.zeros(8, dtype=torch.long)}
+    rng = random.Random(0)
+    for _ in range(50):
+        lm_loss(task, torch.randn(8, 2, tiny_lm.hidden_size), batch, torch.ones(8, dtype=torch.bool), 8, rng)
+    yes_no = set(FAMILIES["yes_no"].trained)
+    share = sum(q in yes_no for q in asked) / len(asked)
+    # With a frame every family is possible: uniform means a quarter yes/no; p of them forced on top.
+    expected = p_yes_no + (1 - p_yes_no) / 4
+    assert share == pytest.approx(expected, abs=0.06), (share, expected)

@@ -127,7 +127,8 @@ def time_first_token(pipeline: PerceptionPipeline, repeats: int) -> dict[str, fl
     cache) vs only the scene and question after the cached system/template prefix."""
     language = pipeline.language
     frames, windows = synthetic_inputs(1, pipeline.config)
-    scene = torch.from_numpy(pipeline.encode(frames, windows)[0].latents)
+    encoded = pipeline.encode(frames, windows)[0]
+    scene = torch.from_numpy(encoded.latents)
     with torch.inference_mode():
         prompt = language.build_prompt(scene, STANDARD_QUESTION)
 
@@ -142,6 +143,9 @@ def time_first_token(pipeline: PerceptionPipeline, repeats: int) -> dict[str, fl
             scene, STANDARD_QUESTION, max_new_tokens=1, stop_at_eos=False
         ),
     }
+    if pipeline.scene_model.reader is not None:  # with the question reader's tokens, as the node answers
+        runs["with_reader"] = lambda: pipeline.answer(encoded, STANDARD_QUESTION, max_new_tokens=1)
+        runs["reader_only"] = lambda: pipeline.read_question(scene[None], [STANDARD_QUESTION])
     out = {"prompt_tokens": int(prompt.shape[1])}
     for name, run in runs.items():
         run()
@@ -298,6 +302,11 @@ def main_bench(args: argparse.Namespace) -> int:
                   first["full_prompt_ms"] / first["cached_prefix_ms"]]],
             )
         )  # fmt: skip
+        if "with_reader_ms" in first:
+            print(
+                f"\nwith the question reader (as the node answers): {first['with_reader_ms']:.1f} ms, "
+                f"of which the reader {first['reader_only_ms']:.1f} ms"
+            )
         result["first_token"] = first
         step = time_stage2(pipeline, max(3, args.repeats // 3))
         print(f"\n## Stage-2 LM step ({step['lm_batch_size']} samples, forward + backward, median)\n")

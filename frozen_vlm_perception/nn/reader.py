@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from frozen_vlm_perception.config import ReaderConfig
-from frozen_vlm_perception.nn.resampler import PerceiverAttention, feed_forward
+from frozen_vlm_perception.nn.resampler import perceiver_layers
 
 
 class QuestionReader(nn.Module):
@@ -31,14 +31,8 @@ class QuestionReader(nn.Module):
         self.in_proj = nn.Linear(lm_dim, dim)
         self.kind = nn.Parameter(torch.zeros(2, dim))  # 0: scene token, 1: question token
         self.queries = nn.Parameter(torch.randn(config.num_tokens, dim) * 0.02)
-        self.layers = nn.ModuleList(
-            nn.ModuleList(
-                [
-                    PerceiverAttention(dim=dim, heads=config.heads, dim_head=config.dim_head),
-                    feed_forward(dim, config.ff_mult),
-                ]
-            )
-            for _ in range(config.depth)
+        self.layers = perceiver_layers(
+            dim=dim, depth=config.depth, heads=config.heads, dim_head=config.dim_head, ff_mult=config.ff_mult
         )
         self.norm = nn.LayerNorm(dim)
         self.out_proj = nn.Linear(dim, lm_dim)

@@ -50,20 +50,25 @@ def feed_forward(dim: int, mult: int) -> nn.Sequential:
     )
 
 
+def perceiver_layers(*, dim: int, depth: int, heads: int, dim_head: int, ff_mult: int) -> nn.ModuleList:
+    """``depth`` pairs [attention of queries over media + queries, feed-forward] (the resampler's and
+    the question reader's blocks)."""
+    return nn.ModuleList(
+        nn.ModuleList(
+            [PerceiverAttention(dim=dim, heads=heads, dim_head=dim_head), feed_forward(dim, ff_mult)]
+        )
+        for _ in range(depth)
+    )
+
+
 class PerceiverResampler(nn.Module):
     def __init__(self, *, config: AdapterConfig, media_dim: int, out_dim: int):
         super().__init__()
         dim = config.dim
         self.media_proj = nn.Linear(media_dim, dim)
         self.latents = nn.Parameter(torch.randn(config.num_latents, dim) * 0.02)
-        self.layers = nn.ModuleList(
-            nn.ModuleList(
-                [
-                    PerceiverAttention(dim=dim, heads=config.heads, dim_head=config.dim_head),
-                    feed_forward(dim, config.ff_mult),
-                ]
-            )
-            for _ in range(config.depth)
+        self.layers = perceiver_layers(
+            dim=dim, depth=config.depth, heads=config.heads, dim_head=config.dim_head, ff_mult=config.ff_mult
         )
         self.norm = nn.LayerNorm(dim)
         self.out_proj = nn.Linear(dim, out_dim)

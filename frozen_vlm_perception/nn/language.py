@@ -534,13 +534,15 @@ class FrozenLanguageModel(nn.Module):
         answers: list[str],
         *,
         after_question: torch.Tensor | None = None,
+        first_token_weight: float = 1.0,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy of the answers (each followed by the end-of-turn token).
 
         scene_tokens (B, K, H) and optional reader tokens after_question (B, M, H) -> scalar. Prompt
         and pseudo-token positions are masked out (-100); the batch is right-padded with an
         attention mask. Gradients reach both token sets; the LM's weights, which require no grad,
-        are left untouched.
+        are left untouched. ``first_token_weight`` w: each answer's first token counts w times in a
+        weighted mean (1: the plain mean); it is the token that decides a "Yes" or a "No".
         """
         scene, reader = self._check_batch(scene_tokens, questions, answers, after_question)
         batch = scene.shape[0]
@@ -572,7 +574,7 @@ class FrozenLanguageModel(nn.Module):
         )
         logits = out.logits[:, -keep:-1].float()  # (B, keep - 1, V): position t predicts token t + 1
         wanted = labels[:, width - keep + 1 :]  # (B, keep - 1)
-        return F.cross_entropy(logits.flatten(0, 1), wanted.flatten(), ignore_index=-100)
+        return _weighted_answer_ce(logits, wanted, first_token_weight)
 
     def answer_loss_full_prompt(
         self,
@@ -581,6 +583,7 @@ class FrozenLanguageModel(nn.Module):
         answers: list[str],
         *,
         after_question: torch.Tensor | None = None,
+        first_token_weight: float = 1.0,
     ) -> torch.Tensor:
         """``answer_loss`` without the prefix cache: the whole prompt runs (the reference it must equal)."""
         scene, reader = self._check_batch(scene_tokens, questions, answers, after_question)
@@ -597,8 +600,40 @@ class FrozenLanguageModel(nn.Module):
         labels = torch.stack([F.pad(t, (0, width - len(t)), value=-100) for t in targets]).to(self.device)
         mask = torch.stack([F.pad(torch.ones(len(row)), (0, width - len(row))) for row in rows])
         out = self.lm(inputs_embeds=embeds, attention_mask=mask.to(self.device, torch.long))
-        logits = out.logits[:, :-1].float()
-        return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return _weighted_answer_ce(out.logits[:, :-1].float(), labels[:, 1:], first_token_weight)
+
+    @torch.no_grad()
+    def first_answer_logits(
+        self, scene_tokens: torch.Tensor, questions: list[str], *, after_question: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The LM's logits for the first token of its answer to each question, (B, V) float32.
+
+        scene_tokens (B, K, H), optional reader tokens (B, M, H). One forward over the prompts (the
+        prefix from the cache), no decoding: how validation asks many yes/no questions cheaply. Its
+        argmax is the first token ``generate`` would write."""
+        scene, reader = self._check_batch(scene_tokens, questions, list(questions), after_question)
+        prefix, rows = None, []
+        for b, question in enumerate(questions):
+            prefix, asked, end = self._prompt_ids(question, with_scene=True)
+            rest = self._after_scene(asked, end, None if reader is None else reader[b], batched=False)
+            rows.append(torch.cat([scene[b], rest]))
+        width = max(len(row) for row in rows)
+        # Right-padded: a causal LM's logits at a row's last real position never see the padding.
+        embeds = torch.stack([F.pad(row, (0, 0, 0, width - len(row))) for row in rows])
+        mask = torch.stack([F.pad(torch.ones(len(row)), (0, width - len(row))) for row in rows])
+        mask = torch.cat([torch.ones(len(rows), len(prefix)), mask], dim=1)
+        out = self.lm(
+            inputs_embeds=embeds,
+            attention_mask=mask.to(self.device, torch.long),
+            cache=self._prefix_cache(prefix, batch=len(rows)),
+            use_cache=True,
+        )
+        last = torch.tensor([len(row) - 1 for row in rows], device=out.logits.device)
+        return out.logits[torch.arange(len(rows), device=last.device), last].float()
+
+    def first_token_id(self, text: str) -> int:
+        """The id of the first token of ``text`` written as an answer ("Yes" of "Yes, the person ...")."""
+        return int(self._answer_ids(text)[0])
 
     # -- prefix cache ----------------------------------------------------------------------------
 
@@ -787,3 +822,19 @@ class FrozenLanguageModel(nn.Module):
             elif isinstance(candidate, (list, tuple)):
                 ids.update(int(i) for i in candidate)
         return ids
+
+
+def _weighted_answer_ce(
+    logits: torch.Tensor, wanted: torch.Tensor, first_token_weight: float
+) -> torch.Tensor:
+    """Cross-entropy of logits (B, T, V) against wanted ids (B, T) (-100: not an answer token); each
+    row's first answer token weighted ``first_token_weight``, the others 1; a weighted mean."""
+    if first_token_weight == 1.0:
+        return F.cross_entropy(logits.flatten(0, 1), wanted.flatten(), ignore_index=-100)
+    if first_token_weight < 0:
+        raise ValueError(f"first_token_weight must be >= 0, got {first_token_weight}")
+    answer = wanted != -100
+    ce = F.cross_entropy(logits.flatten(0, 1), wanted.flatten(), ignore_index=-100, reduction="none")
+    first = answer & (answer.long().cumsum(dim=1) == 1)  # each row's first answer position
+    weight = answer.float() + (first_token_weight - 1.0) * first.float()
+    return (ce * weight.flatten()).sum() / weight.sum().clamp_min(1e-12)

@@ -60,6 +60,8 @@ from frozen_vlm_perception.questions import (
     families_for,
     make_qa,
     scene_caption,
+    wordings,
+    yes_no_truth,
 )
 from frozen_vlm_perception.training import distributed
 from frozen_vlm_perception.training.common import (
@@ -190,6 +192,7 @@ def train_adapter(
         general=general_answers(language, GENERAL_TRAINING_QUESTIONS) if train.p_general > 0 else (),
         p_general=train.p_general,
         p_yes_no=train.p_yes_no,
+        first_token_weight=train.first_token_weight,
         answers_name_place=train.answers_name_place,
     )
     total_steps = min(train.max_steps, train.epochs * len(loader))
@@ -324,6 +327,7 @@ class LmTask:
     general: tuple[tuple[str, str], ...] = ()  # (question, the LM's own answer without a scene)
     p_general: float = 0.0
     p_yes_no: float = 0.0  # share of the scene questions that are yes/no (0: every family equally often)
+    first_token_weight: float = 1.0  # weight of each answer's first token in the training loss
     answers_name_place: bool = False  # questions.reference_answer(place_everywhere=...)
     _captions: dict[str, Tensor] = field(default_factory=dict)
 
@@ -530,11 +534,50 @@ def lm_loss(
             question, answer = qa.question, qa.answer
         questions.append(question)
         answers.append(answer)
-    if reader is None:
-        return task.language.answer_loss(latents[chosen], questions, answers)
+    weight = task.first_token_weight if rng is not None else 1.0  # validation: the plain mean
+    after = None if reader is None else read_questions(task, reader, latents[chosen], questions)
+    return task.language.answer_loss(
+        latents[chosen], questions, answers, after_question=after, first_token_weight=weight
+    )
+
+
+def read_questions(task: LmTask, reader: QuestionReader, latents: Tensor, questions: list[str]) -> Tensor:
+    """The reader's tokens (B, M, H) for scenes' latents (B, L, H) and their questions."""
     embeds, mask = task.language.question_embeddings(questions)
-    after = reader(latents[chosen], embeds.to(latents.device, latents.dtype), mask.to(latents.device))
-    return task.language.answer_loss(latents[chosen], questions, answers, after_question=after)
+    return reader(latents, embeds.to(latents.device, latents.dtype), mask.to(latents.device))
+
+
+def yes_no_question(label: str, n: int) -> tuple[str, bool] | None:
+    """The n-th validation yes/no question about ``label`` and its true answer: yes for even n, no
+    for odd n, the trained wordings that answer so cycled by n (None: no wording is true, or false,
+    about this label). Deterministic, so every validation asks the same questions."""
+    want = n % 2 == 0
+    matching = [q for q in wordings("yes_no") if yes_no_truth(q, label) == want]
+    return (matching[(n // 2) % len(matching)], want) if matching else None
+
+
+def yes_no_correct(
+    task: LmTask, reader: QuestionReader | None, latents: Tensor, labels: list[str], *, start: int = 0
+) -> tuple[int, int]:
+    """(right, asked): yes/no questions (``yes_no_question(label, start + n)``) about scenes with
+    latents (B, L, H) and true ``labels`` that the LM's first answer token gets right (its "Yes"
+    logit above its "No" logit for a true yes, below it for a true no)."""
+    keep, asked = [], []
+    for n, label in enumerate(labels):
+        pair = yes_no_question(label, start + n)
+        if pair is not None:
+            keep.append(n)
+            asked.append(pair)
+    if not keep:
+        return 0, 0
+    questions = [q for q, _ in asked]
+    scenes = latents[keep]
+    after = None if reader is None else read_questions(task, reader, scenes, questions)
+    logits = task.language.first_answer_logits(scenes, questions, after_question=after)
+    # The first token of the reference answers ("Yes, the person is ...", questions.reference_answer).
+    yes_id, no_id = (task.language.first_token_id(f"{word}, the person") for word in ("Yes", "No"))
+    said_yes = (logits[:, yes_id] > logits[:, no_id]).tolist()
+    return sum(said == truth for said, (_, truth) in zip(said_yes, asked, strict=True)), len(asked)
 
 
 def sample_modalities(
@@ -613,6 +656,20 @@ def evaluate_adapter(
             count += len(chunk)
     reduced = ctx.mean({"val_lm_loss": total / max(count, 1)}, weight=float(count))
     metrics["val_lm_loss"] = reduced["val_lm_loss"]
+
+    # Yes/no: the word that decides the answer is one token of a dozen in the LM loss, so it is
+    # scored on its own, on more samples (the same ones at every validation).
+    labelled = torch.nonzero(labels >= 0).flatten()
+    if len(labelled) > train.val_yes_no_samples:
+        labelled = labelled[torch.linspace(0, len(labelled) - 1, train.val_yes_no_samples).round().long()]
+    right, asked = 0, 0
+    for chunk in labelled[ctx.rank :: ctx.world_size].split(train.lm_batch_size):
+        out = _forward(scene_model, val_set, chunk, "fused", ctx.device)
+        names = [config.labels[int(i)] for i in labels[chunk]]
+        r, a = yes_no_correct(task, scene_model.reader, out.latents, names, start=asked)
+        right, asked = right + r, asked + a
+    reduced = ctx.mean({"val_yes_no_acc": right / max(asked, 1)}, weight=float(asked))
+    metrics["val_yes_no_acc"] = reduced["val_yes_no_acc"]
     metrics["val_loss"] = train.ce_weight * metrics["val_ce"] + train.lm_weight * metrics["val_lm_loss"]
     return metrics
 
@@ -771,7 +828,8 @@ def _eval_line(record: dict[str, float], improved: bool, monitor: str) -> str:
     return (
         f"step {record['step']:4d}  loss {record.get('train_loss', float('nan')):.4f}  lm {lm:.4f}  "
         f"val_loss {record['val_loss']:.4f}  val_lm {record['val_lm_loss']:.4f}  acc fused/vision/imu "
-        f"{record['val_acc_fused']:.3f}/{record['val_acc_vision']:.3f}/{record['val_acc_imu']:.3f}"
+        f"{record['val_acc_fused']:.3f}/{record['val_acc_vision']:.3f}/{record['val_acc_imu']:.3f}  "
+        f"yes/no {record.get('val_yes_no_acc', float('nan')):.3f}"
         + (f"  * best {monitor}" if improved else "")
     )
 

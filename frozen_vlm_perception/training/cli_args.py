@@ -101,6 +101,8 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     _option(stage, defaults, "caption_weight", float, "caption loss weight during the LM steps")
     _option(stage, defaults, "p_general", float, "share of LM samples with a general-knowledge question")
     _option(stage, defaults, "p_yes_no", float, "share of the other LM samples asked a yes/no question")
+    _option(stage, defaults, "first_token_weight", float, "weight of each answer's first token (yes/no)")
+    _option(stage, defaults, "val_yes_no_samples", int, "validation samples asked a yes/no question")
     _option(stage, defaults, "head_steps", int, "head-only steps on the kept adapter's latents")
     stage.add_argument(
         "--answers-name-place",

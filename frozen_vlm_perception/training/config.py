@@ -14,7 +14,9 @@ from frozen_vlm_perception.config import FUSION_WEIGHTINGS, ConfigError
 
 # Early-stopping metrics and whether larger is better.
 ALIGN_MONITORS = {"val_loss": False, "val_infonce": False, "val_r1": True, "val_r5": True, "val_acc": True}
-ADAPTER_MONITORS = {"val_loss": False, "val_lm_loss": False, "val_ce": False, "val_acc": True}
+ADAPTER_MONITORS = {
+    "val_loss": False, "val_lm_loss": False, "val_ce": False, "val_acc": True, "val_yes_no_acc": True,
+}
 
 
 @dataclass
@@ -94,6 +96,10 @@ class AdapterTrainConfig:
     # equally often). A yes or no is one token of a dozen in the answer loss; more of them is more
     # signal for the word a question reader must decide.
     p_yes_no: float = 0.0
+    # Each answer's first token counts this many times in the LM loss (1: a plain mean). For a yes/no
+    # answer it is the "Yes" or "No", the one word that decides it; for the other families it is
+    # "The", which the LM writes from the start, so the weight costs them nothing.
+    first_token_weight: float = 1.0
     # Activity and yes/no answers name the known place after the activity (questions.reference_answer).
     # Without it the LM learns "The person is <activity>." and falls back on it for place questions:
     # held-out place wordings 0.61 -> 1.00, activity and place 0.60 -> 0.96 (docs/ANSWERS.md).
@@ -118,6 +124,9 @@ class AdapterTrainConfig:
     head_steps: int = 1000
     val_every: int = 200  # validate every n steps; 0: after every epoch
     val_lm_samples: int = 32  # validation samples that go through the LM
+    # Validation samples asked a yes/no question (trained wordings, true answer yes for half of
+    # them), scored by whether the LM's first answer token prefers "Yes" or "No" (val_yes_no_acc).
+    val_yes_no_samples: int = 64
     patience: int = 4  # validations without improvement before stopping
     # The LM's answer loss alone: the head is refit on the kept latents afterwards (head_steps), and
     # head CE + LM loss kept a half-trained adapter (step 600 of 1200, docs/ANSWERS.md).
@@ -145,6 +154,8 @@ class AdapterTrainConfig:
             raise ConfigError("caption_steps and head_steps must be >= 0 and p_general in [0, 1]")
         if not 0 <= self.p_yes_no <= 1:
             raise ConfigError(f"p_yes_no must lie in [0, 1], got {self.p_yes_no}")
+        if self.first_token_weight < 0 or self.val_yes_no_samples < 0:
+            raise ConfigError("first_token_weight and val_yes_no_samples must be >= 0")
         probs = (self.p_fused, self.p_vision, self.p_imu)
         if min(probs) < 0 or sum(probs) <= 0:
             raise ConfigError(f"modality probabilities must be >= 0 and not all 0, got {probs}")

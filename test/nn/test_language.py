@@ -486,6 +486,53 @@ def test_reader_tokens_get_the_loss_and_gradient_of_the_full_prompt(language_mod
     assert without != pytest.approx(loss_a, rel=1e-4)  # the reader's tokens are part of the prompt
 
 
+def test_first_answer_logits_are_the_last_prompt_positions_logits(language_model):
+    """One right-padded forward with the cached prefix gives each prompt's next-token logits, with
+    and without reader tokens: the logits of the whole prompt run alone, row by row."""
+    lm = language_model
+    scenes = torch.stack([word_tokens(lm, "a photo of a red car")[:5], word_tokens(lm, SCENE_WORDS)[:5]])
+    questions = ["Is it red?", QUESTION]  # different lengths: the shorter row is padded
+    readers = torch.stack([word_tokens(lm, w)[:3] for w in ("Answer yes or no.", "Answer in French.")])
+    for after in (None, readers):
+        logits = lm.first_answer_logits(scenes, questions, after_question=after)
+        assert logits.shape == (2, lm.lm.config.vocab_size) and logits.dtype == torch.float32
+        for b in range(2):
+            reader = None if after is None else after[b]
+            prompt = lm.build_prompt(scenes[b], questions[b], after_question=reader)
+            with torch.no_grad():
+                alone = lm.lm(inputs_embeds=prompt).logits[0, -1].float()
+            torch.testing.assert_close(logits[b], alone, rtol=1e-3, atol=2e-3)
+            assert int(logits[b].argmax()) == int(alone.argmax())
+    assert lm.first_token_id("Yes, the person is walking.") != lm.first_token_id("No, the person is sitting.")
+
+
+def test_first_token_weight_counts_each_answers_first_token_w_times(language_model):
+    """loss(w) = (sum of the answer tokens' CE + (w - 1) * sum of the first tokens' CE) /
+    (answer tokens + (w - 1) * rows), the first tokens' CE taken from first_answer_logits; the
+    same with and without the prefix cache; w = 0 leaves the first token out."""
+    lm = language_model
+    scene = torch.randn(2, 4, lm.hidden_size, generator=torch.Generator().manual_seed(3)) * 0.05
+    questions = ["Is the person moving?", "Is the person lying down?"]
+    answers = ["Yes, the person is walking.", "No, the person is sitting."]
+    # Answer tokens, each answer followed by <|im_end|>.
+    tokens = sum(len(lm.tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers)
+    first = torch.nn.functional.cross_entropy(
+        lm.first_answer_logits(scene, questions),
+        torch.tensor([lm.first_token_id(a) for a in answers]),
+        reduction="sum",
+    ).item()
+    with torch.no_grad():
+        summed = lm.answer_loss(scene, questions, answers).item() * tokens
+        assert lm.answer_loss(scene, questions, answers, first_token_weight=1.0).item() * tokens == summed
+        for w in (0.0, 4.0):
+            expected = (summed + (w - 1) * first) / (tokens + (w - 1) * len(answers))
+            for loss_fn in (lm.answer_loss, lm.answer_loss_full_prompt):
+                got = loss_fn(scene, questions, answers, first_token_weight=w).item()
+                assert got == pytest.approx(expected, rel=1e-4), (loss_fn.__name__, w)
+    with pytest.raises(ValueError, match="first_token_weight"):
+        lm.answer_loss(scene, questions, answers, first_token_weight=-1.0)
+
+
 def test_generate_batch_with_reader_tokens_answers_as_generate_does(language_model):
     lm = language_model
     scene = word_tokens(lm, "a photo of a red car")

@@ -366,6 +366,7 @@ def test_only_reader_trains_a_new_question_reader_and_keeps_the_scene_model(
     assert after["reader.out_proj.weight"].abs().sum() > 0  # it left its zero start
     evals = result.history.evals
     assert [e["step"] for e in evals] == [0, 6, 12]  # no caption warm start: it moves scene tokens only
+    assert all(0 <= e["val_yes_no_acc"] <= 1 for e in evals)  # the yes/no answers are scored too
     assert result.best["val_lm_loss"] < evals[0]["val_lm_loss"] - 0.05, [e["val_lm_loss"] for e in evals]
     stored, _, metadata = read_checkpoint_config(out)
     assert stored.reader.num_tokens == 2 and "reader" in metadata["training"]
@@ -452,7 +453,7 @@ def test_lm_loss_teaches_the_place_in_every_answer_only_when_asked(tiny_lm, name
 
     taught: list[str] = []
     real = tiny_lm.answer_loss
-    monkeypatch.setattr(tiny_lm, "answer_loss", lambda z, q, a: taught.extend(a) or real(z, q, a))
+    monkeypatch.setattr(tiny_lm, "answer_loss", lambda z, q, a, **kw: taught.extend(a) or real(z, q, a, **kw))
     task = LmTask(
         language=tiny_lm, labels=["sitting", "walking"], place_names=["cat"], num_tokens=2,
         answers_name_place=name_place,
@@ -492,3 +493,30 @@ def test_p_yes_no_is_the_share_of_yes_no_questions_taught(tiny_lm, p_yes_no, mon
     # With a frame every family is possible: uniform means a quarter yes/no; p of them forced on top.
     expected = p_yes_no + (1 - p_yes_no) / 4
     assert share == pytest.approx(expected, abs=0.06), (share, expected)
+
+
+def test_validation_yes_no_questions_are_balanced_and_scored_by_the_first_answer_token(tiny_lm):
+    """yes_no_question: true for even n, false for odd n, trained wordings; yes_no_correct counts a
+    row right when the LM's "Yes" logit beats its "No" logit exactly when the truth is yes."""
+    from frozen_vlm_perception.questions import FAMILIES, yes_no_truth
+    from frozen_vlm_perception.training.adapter import LmTask, yes_no_correct, yes_no_question
+
+    labels = ["walking", "sitting", "lying", "standing", "walking upstairs", "walking downstairs"] * 3
+    pairs = [yes_no_question(label, 5 + n) for n, label in enumerate(labels)]
+    assert [truth for _, truth in pairs] == [(5 + n) % 2 == 0 for n in range(len(labels))]
+    for (question, truth), label in zip(pairs, labels, strict=True):
+        assert question in FAMILIES["yes_no"].trained and yes_no_truth(question, label) == truth
+    assert len({q for q, _ in pairs}) > 5  # the wordings are cycled, not one template
+    assert yes_no_question("jumping", 0) is None  # no wording is true about a label no predicate knows
+
+    task = LmTask(language=tiny_lm, labels=labels, place_names=[], num_tokens=2)
+    latents = torch.randn(len(labels), 2, tiny_lm.hidden_size, generator=torch.Generator().manual_seed(0))
+    right, asked = yes_no_correct(task, None, latents, labels, start=5)
+    logits = tiny_lm.first_answer_logits(latents, [q for q, _ in pairs])
+    yes, no = (tiny_lm.tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in ("Yes", "No"))
+    said_yes = (logits[:, yes] > logits[:, no]).tolist()
+    assert asked == len(labels)
+    assert right == sum(s == t for s, (_, t) in zip(said_yes, pairs, strict=True)), (said_yes, pairs)
+    assert 0 < right < asked  # a random LM is neither always right nor always wrong here
+    # A label without any wording is left out of the count, not scored.
+    assert yes_no_correct(task, None, latents[:2], ["jumping", "walking"], start=0)[1] == 1

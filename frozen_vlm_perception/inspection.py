@@ -308,6 +308,10 @@ class InspectedScene:
     node_label: str | None = None  # --live: what the perception node published for this stamp
     node_confidence: float | None = None
     notes: list[str] = field(default_factory=list)
+    # --question: the question reader's tokens for it (None: no question, or no reader) and the answer
+    question: str | None = None
+    reader: TokenReport | None = None
+    answer: str | None = None
 
     def header(self) -> str:
         where = [f"stamp {self.stamp:.3f} s"]
@@ -323,12 +327,38 @@ class InspectedScene:
         if self.node_label is not None:
             lines.append(f"node published: {self.node_label} {self.node_confidence:.2f}")
         lines += self.notes
+        if self.question is not None:
+            lines += [f"question: {self.question}", f"answer: {self.answer}"]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "report"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("report", "reader")}
         out.update(self.report.to_dict())
+        if self.reader is not None:
+            reader = self.reader.to_dict()
+            out["reader"] = {"mutual_cosine": reader["mutual_cosine"], "tokens": reader["tokens"]}
         return out
+
+
+def ask(
+    pipeline: Any,
+    scene: InspectedScene,
+    latents: torch.Tensor,
+    question: str | None,
+    *,
+    index: VocabularyIndex,
+    top_k: int,
+) -> InspectedScene:
+    """``scene`` with its answer to ``question`` and, when the model has a question reader, the
+    reader's tokens for it: what the LM reads after the question. latents (L, H); ``question`` None:
+    ``scene`` as it is."""
+    if question is None:
+        return scene
+    latents = latents[None].float()
+    answer = pipeline.answer_batch(latents, question)[0].text
+    tokens = pipeline.read_question(latents, [question])
+    reader = None if tokens is None else index.report(tokens[0].float().cpu(), top_k)
+    return replace(scene, question=question, reader=reader, answer=answer)
 
 
 def _usable(sample: Any, mode: str) -> bool:
@@ -397,8 +427,10 @@ def inspect_bag(
     indices: Sequence[int] = (),
     scenes: int = DEFAULT_SCENES,
     index: VocabularyIndex | None = None,
+    question: str | None = None,
 ) -> list[InspectedScene]:
-    """Encode the chosen frames of ``bag`` with ``pipeline`` and report each scene's pseudo-tokens."""
+    """Encode the chosen frames of ``bag`` with ``pipeline`` and report each scene's pseudo-tokens
+    (and, with a ``question``, the answer and the question reader's tokens: ``ask``)."""
     from frozen_vlm_perception.config import SyncConfig
     from frozen_vlm_perception.data.bags import read_paired_samples
 
@@ -428,20 +460,20 @@ def inspect_bag(
             if mode == "fused":
                 notes.append(f"no IMU window ({sample.window_reason}): vision only")
         scene = pipeline.encode_one(sample.frame, window, mode=mode)
-        out.append(
-            InspectedScene(
-                stamp=sample.stamp,
-                report=index.report(torch.from_numpy(np.asarray(scene.latents, np.float32)), top_k),
-                offset_s=offset,
-                frame_index=i,
-                truth_label=sample.label,
-                place=sample.place,
-                head_label=scene.label,
-                head_confidence=scene.confidence,
-                source=scene.source,
-                notes=notes,
-            )
+        latents = torch.from_numpy(np.asarray(scene.latents, np.float32))
+        inspected = InspectedScene(
+            stamp=sample.stamp,
+            report=index.report(latents, top_k),
+            offset_s=offset,
+            frame_index=i,
+            truth_label=sample.label,
+            place=sample.place,
+            head_label=scene.label,
+            head_confidence=scene.confidence,
+            source=scene.source,
+            notes=notes,
         )
+        out.append(ask(pipeline, inspected, latents, question, index=index, top_k=top_k))
     return out
 
 
@@ -523,10 +555,16 @@ def receive_latents(
 
 
 def inspect_live(
-    pipeline: Any, latents: Sequence[LiveLatents], *, top_k: int, index: VocabularyIndex | None = None
+    pipeline: Any,
+    latents: Sequence[LiveLatents],
+    *,
+    top_k: int,
+    index: VocabularyIndex | None = None,
+    question: str | None = None,
 ) -> list[InspectedScene]:
     """Reports for latents received from the node; the head's label is recomputed from the latents
-    with ``pipeline``'s head (and the node's published label is shown next to it when it came)."""
+    with ``pipeline``'s head (and the node's published label is shown next to it when it came).
+    With a ``question``: the answer and the question reader's tokens too (``ask``)."""
     index = index or VocabularyIndex(pipeline.language)
     out = []
     for item in latents:
@@ -544,17 +582,16 @@ def inspect_live(
         best = int(scores.argmax())
         head_label, head_confidence = pipeline.config.labels[best], float(scores[best])
         source = "fused" if len(item.modalities) == 2 else (item.modalities[0] if item.modalities else "?")
-        out.append(
-            InspectedScene(
-                stamp=item.stamp,
-                report=index.report(tokens, top_k),
-                head_label=head_label,
-                head_confidence=head_confidence,
-                source=source,
-                node_label=item.activity[0] if item.activity else None,
-                node_confidence=item.activity[1] if item.activity else None,
-            )
+        inspected = InspectedScene(
+            stamp=item.stamp,
+            report=index.report(tokens, top_k),
+            head_label=head_label,
+            head_confidence=head_confidence,
+            source=source,
+            node_label=item.activity[0] if item.activity else None,
+            node_confidence=item.activity[1] if item.activity else None,
         )
+        out.append(ask(pipeline, inspected, tokens, question, index=index, top_k=top_k))
     return out
 
 
@@ -626,6 +663,12 @@ def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_ACTIVITY_TOPIC,
         help=f"--live: ActivityLabel topic ({DEFAULT_ACTIVITY_TOPIC})",
     )
+    p.add_argument(
+        "--question",
+        default=None,
+        help="--bag/--live: also ask this of every scene: the answer, and the question reader's tokens "
+        "for it (what the LM reads after the question)",
+    )
     p.add_argument("--timeout", type=float, default=15.0, help="--live: seconds to wait for scenes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the reports as JSON")
@@ -645,6 +688,8 @@ def main_inspect(args: argparse.Namespace) -> int:
         return _fail("--index and --at must not be negative")
     if not args.bag and (args.at or args.index or args.mode):
         return _fail("--at, --index and --mode apply to --bag only")
+    if args.question is not None and (args.text is not None or not args.question.strip()):
+        return _fail("--question needs --bag or --live, and some text")
     model = args.model or default_model_dir()
     if model is None:
         return _fail("no --model given and no shipped models/demo found")
@@ -675,7 +720,7 @@ def main_inspect(args: argparse.Namespace) -> int:
             result.update(text=args.text, **report.to_dict())
             scenes = []
         elif live is not None:
-            scenes = inspect_live(pipeline, live, top_k=args.top_k, index=index)
+            scenes = inspect_live(pipeline, live, top_k=args.top_k, index=index, question=args.question)
             result.update(source="live", latents_topic=args.latents_topic)
         else:
             scenes = inspect_bag(
@@ -691,6 +736,7 @@ def main_inspect(args: argparse.Namespace) -> int:
                 indices=args.index,
                 scenes=args.scenes or DEFAULT_SCENES,
                 index=index,
+                question=args.question,
             )
             result.update(source="bag", bag=str(args.bag), mode=args.mode or pipeline.config.fusion.mode)
     except (ValueError, OSError, RuntimeError) as err:  # BagError is a RuntimeError
@@ -703,6 +749,11 @@ def main_inspect(args: argparse.Namespace) -> int:
         for line in rest:
             print(f"  {line}")
         print(format_table(scene.report, with_vocabulary=False))
+        if scene.question is not None and scene.reader is not None:
+            print(f"  question reader's {len(scene.reader.rows)} tokens (after the question):")
+            print(format_table(scene.reader, with_vocabulary=False))
+        elif scene.question is not None:
+            print("  (this model has no question reader: the LM reads the scene's tokens only)")
     if scenes:
         result["scenes"] = [scene.to_dict() for scene in scenes]
         _summary(scenes)

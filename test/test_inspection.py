@@ -90,9 +90,11 @@ def test_fvp_inspect_on_a_tiny_demo_bag(tmp_path, torch_threads, capsys):
     bag = tmp_path / "bag"
     make_demo_bag(bag, split="test", seconds_per_segment=2, camera_rate_hz=2, max_subjects=1, max_segments=3)
     out = tmp_path / "inspect.json"
+    question = "Is the person moving?"
     code = main(
-        ["inspect", "--bag", str(bag), "--scenes", "2", "--top-k", "3", "--device", "cpu", "--json", str(out)]
-    )
+        ["inspect", "--bag", str(bag), "--scenes", "2", "--top-k", "3", "--device", "cpu", "--json", str(out),
+         "--question", question]
+    )  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0, printed
     result = json.loads(out.read_text())
@@ -110,6 +112,15 @@ def test_fvp_inspect_on_a_tiny_demo_bag(tmp_path, torch_threads, capsys):
             assert cosines == sorted(cosines, reverse=True) and -1 <= cosines[-1] <= cosines[0] <= 1
     assert printed.count("\nscene ") == 2 and "truth: " in printed and "head: " in printed
     assert printed.count("vocabulary: 49152 token embeddings") == 1
+    # --question: each scene's answer, and the 4 tokens models/demo's question reader writes for it.
+    assert printed.count(f"question: {question}") == 2 and printed.count("question reader's 4 tokens") == 2
+    for scene in scenes:
+        assert scene["question"] == question and scene["answer"].startswith(("Yes", "No"))
+        assert f"answer: {scene['answer']}" in printed
+        reader = scene["reader"]["tokens"]
+        assert len(reader) == 4 and all(len(token["nearest"]) == 3 for token in reader)
+    assert main(["inspect", "--text", "hello", "--question", question]) == 1
+    assert "--question needs --bag or --live" in capsys.readouterr().err
 
     code = main(["inspect", "--bag", str(bag), "--index", "100000", "--device", "cpu"])
     assert code == 1 and "the bag ends before --index 100000" in capsys.readouterr().err

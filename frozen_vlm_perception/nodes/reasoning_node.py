@@ -28,8 +28,9 @@ answer is generated; two questions in flight are two suspended coroutines, not t
 The rejected alternative (plain callbacks that block on the result, in their own callback groups,
 on a MultiThreadedExecutor) is gone from the code; its numbers are in docs/BENCHMARKS.md.
 
-Which scene: a zero stamp asks about the latest scene; otherwise the scene whose camera stamp is
-nearest, refused when none lies within ``stamp_tolerance_s``.
+Which scene: a zero stamp asks about the latest scene (the latest whose ActivityLabel has arrived,
+if one lies within ``stamp_tolerance_s`` of the newest, so that the answer can be checked); otherwise
+the scene whose camera stamp is nearest, refused when none lies within ``stamp_tolerance_s``.
 
 Grounding: every answer is checked against the activity head of the scene it was given (the
 ActivityLabel with the scene's stamp, all its per-label probabilities) with
@@ -97,7 +98,8 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("history_size", 300, "Recent scenes kept for questions about a given stamp (300 = 10 s at "
               "30 Hz; one SmolLM2-sized scene is about 20 kB).", (1, 100_000)),
     ParamSpec("stamp_tolerance_s", 0.1, "A question about a stamp uses the nearest scene within this "
-              "many seconds, else it is refused.", (0.0, 3600.0)),
+              "many seconds, else it is refused; a question about the latest scene takes one this recent "
+              "whose activity label has arrived, if any.", (0.0, 3600.0)),
     ParamSpec("max_new_tokens", LanguageConfig().max_new_tokens,
               "Tokens generated when a request asks for 0 (its default).", (1, 4096)),
     ParamSpec("queue_size", 2, "Questions that may wait behind the one being answered; more are refused "
@@ -368,14 +370,27 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
         self.get_logger().warning(f"dropped a scene ({reason}): {detail}", throttle_duration_sec=5.0)
 
     def find_scene(self, stamp) -> tuple[SceneRecord | None, str]:
-        """(record, "") or (None, why not): latest for a zero stamp, else nearest within tolerance."""
+        """(record, "") or (None, why not): for a zero stamp the latest scene (the latest whose
+        ActivityLabel has arrived, when one lies within ``stamp_tolerance_s`` of the newest), else
+        the nearest within tolerance."""
         with self._history_lock:
             history = list(self._history)
+            labelled = set(self._activities)
         if not history:
             return None, "no scene received yet"
         wanted = stamp_to_ns(stamp)
         if wanted == 0:
-            return history[-1], ""
+            # A label travels on its own topic; on a loaded machine the newest scene's label can be
+            # late or dropped (keep-last), and an answer about it could not be checked. A scene a
+            # frame or two older whose label is here gives an answer the robot can check.
+            newest = history[-1]
+            window_ns = int(self._values["stamp_tolerance_s"] * 1e9)
+            for record in reversed(history):
+                if newest.stamp_ns - record.stamp_ns > window_ns:
+                    break
+                if record.stamp_ns in labelled:
+                    return record, ""
+            return newest, ""
         nearest = min(history, key=lambda r: abs(r.stamp_ns - wanted))
         off = abs(nearest.stamp_ns - wanted) * 1e-9
         if off > self._values["stamp_tolerance_s"]:

@@ -108,13 +108,13 @@ def ros(reasoning, scene_tokens):
         while latents_pub.get_subscription_count() < 1 or activity_pub.get_subscription_count() < 1:
             assert time.monotonic() < deadline, "the reasoning node never subscribed to the test topics"
             time.sleep(0.1)
-        for sec, scores in SCENES.items():
-            tokens = scene_tokens[sec]
+        def publish_scene(stamp: Time, tokens: np.ndarray, scores: list[float] | None) -> None:
+            """SceneLatents with ``tokens`` and, unless ``scores`` is None, its ActivityLabel."""
             msg = SceneLatents(
                 num_latents=tokens.shape[0], dim=tokens.shape[1], data=tokens.ravel().tolist(),
                 modalities=["vision", "imu"],
             )
-            msg.header.stamp, msg.header.frame_id = Time(sec=sec), "camera"
+            msg.header.stamp, msg.header.frame_id = stamp, "camera"
             latents_pub.publish(msg)
             if scores is not None:
                 best = int(np.argmax(scores))
@@ -125,20 +125,28 @@ def ros(reasoning, scene_tokens):
                     scores=scores,
                     source=ActivityLabel.SOURCE_FUSED,
                 )
-                label.header.stamp, label.header.frame_id = Time(sec=sec), "camera"
+                label.header.stamp, label.header.frame_id = stamp, "camera"
                 activity_pub.publish(label)
-        labelled = sum(s is not None for s in SCENES.values())
-        client.diagnostics.wait_for(
-            lambda _: any(
-                d.get("scenes_kept") == str(len(SCENES)) and d.get("activities_kept") == str(labelled)
-                for d in reasoning_diagnostics(client)
-            ),
-            timeout=20,
-        )
+
+        for sec, scores in SCENES.items():
+            publish_scene(Time(sec=sec), scene_tokens[sec], scores)
+        client.publish_scene = publish_scene
+        wait_until_kept(client, len(SCENES), sum(s is not None for s in SCENES.values()))
         yield client
     finally:
         client.ask.destroy()
         client.close()
+
+
+def wait_until_kept(ros, scenes: int, labelled: int) -> None:
+    """Until the node's diagnostics say it keeps ``scenes`` scenes and ``labelled`` activity labels."""
+    ros.diagnostics.wait_for(
+        lambda _: any(
+            d.get("scenes_kept") == str(scenes) and d.get("activities_kept") == str(labelled)
+            for d in reasoning_diagnostics(ros)
+        ),
+        timeout=20,
+    )
 
 
 def reasoning_diagnostics(ros) -> list[dict[str, str]]:
@@ -294,3 +302,27 @@ def test_diagnostics_count_flagged_answers(ros):
         timeout=10,
     )
     assert all("answers_flagged" in d for d in reasoning_diagnostics(ros))  # zero is shown as zero
+
+
+def test_the_latest_scene_is_the_newest_whose_label_has_arrived(ros, scene_tokens):
+    """A zero stamp asks about the latest scene: the newest one whose ActivityLabel has arrived when
+    one lies within stamp_tolerance_s (0.1 s) of the newest scene, so the answer can be checked
+    (a label travels on its own topic and can be late); else the newest scene, unchecked."""
+    from builtin_interfaces.msg import Time
+
+    words = scene_tokens[1010]
+    labelled = sum(s is not None for s in SCENES.values())
+    ros.publish_scene(Time(sec=2000), words, head(1.0))
+    ros.publish_scene(Time(sec=2000, nanosec=50_000_000), words, None)  # newest, its label not (yet) here
+    wait_until_kept(ros, len(SCENES) + 2, labelled + 1)
+    response = ask_query(ros, 0)
+    assert response.success, response.message
+    assert (response.scene_stamp.sec, response.scene_stamp.nanosec) == (2000, 0)
+    assert (response.activity, response.grounding) == ("walking", expected(response.answer, 1010).status)
+
+    ros.publish_scene(Time(sec=2001), words, None)  # 1 s after the last labelled scene: too far back
+    wait_until_kept(ros, len(SCENES) + 3, labelled + 1)
+    response = ask_query(ros, 0)
+    assert response.success, response.message
+    assert (response.scene_stamp.sec, response.scene_stamp.nanosec) == (2001, 0)
+    assert (response.activity, response.grounding) == ("", "unchecked")

@@ -57,6 +57,18 @@ def ros_env(monkeypatch):
     release_ros_domain(domain)
 
 
+@pytest.fixture
+def context(ros_env):
+    """An rclpy Context of this test's own (in its private domain), for nodes created in this process."""
+    import rclpy
+    from rclpy.context import Context
+
+    context = Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.try_shutdown(context=context)
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, torch_threads):
     """An untrained model folder: the real frozen MobileNetV2, fresh trainable parts, SmolLM2 width."""

@@ -312,71 +312,78 @@ def test_an_unexpected_error_mid_configure_is_logged_and_leaves_nothing_behind(r
 # (d) GPU out of memory, injected
 
 
-def test_out_of_memory_is_counted_and_repeated_cuda_oom_falls_back_to_the_cpu(
-    ros_env, model_dir, monkeypatch, capfd
-):
-    import rclpy
+OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (injected)"
+
+
+def fail_first(pipeline, times: int) -> list:
+    """Make the pipeline's next ``times`` encodes raise out-of-memory; returns the calls made."""
     import torch
-    from rclpy.context import Context
-    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    real, calls = pipeline.encode, []
+
+    def encode(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            raise torch.OutOfMemoryError(OOM)
+        return real(*args, **kwargs)
+
+    pipeline.encode = encode
+    return calls
+
+
+def wait_for(predicate, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def in_process_node(node_class, context, **params):
     from rclpy.parameter import Parameter
 
-    from frozen_vlm_perception.conversions import rgb_to_image
+    return node_class(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+class FrameFeeder:
+    """Hands the perception node one frame at a time, each taken by the worker before the next."""
+
+    def __init__(self, node):
+        self.node, self.stamp = node, 1.0
+        self.frame = np.zeros((48, 64, 3), np.uint8)
+
+    def handled(self) -> int:
+        return self.node.counters.get("frames_labelled") + self.node.counters.get("drop:inference_error:oom")
+
+    def feed(self, frames: int = 1) -> None:
+        from frozen_vlm_perception.conversions import rgb_to_image
+
+        for _ in range(frames):
+            done = self.handled()
+            self.stamp += 0.1
+            self.node._on_image(rgb_to_image(self.frame, stamp=self.stamp))
+            wait_for(lambda done=done: self.handled() > done)
+
+
+def test_out_of_memory_is_counted_and_repeated_cuda_oom_falls_back_to_the_cpu(
+    context, model_dir, monkeypatch, capfd
+):
+    import torch
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
     from frozen_vlm_perception.nodes.perception_node import PerceptionNode
 
     emptied = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
-
-    def fail_first(pipeline, times: int) -> list:
-        """Make the pipeline's next ``times`` encodes raise out-of-memory; returns the calls made."""
-        real, calls = pipeline.encode, []
-
-        def encode(*args, **kwargs):
-            calls.append(1)
-            if len(calls) <= times:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-            return real(*args, **kwargs)
-
-        pipeline.encode = encode
-        return calls
-
-    def wait_until(predicate, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, "condition not met in time"
-            time.sleep(0.02)
-
-    context = Context()
-    rclpy.init(context=context)
-    overrides = [
-        Parameter("model_dir", value=str(model_dir)),
-        Parameter("fusion.mode", value="vision"),
-        Parameter("device", value="cpu"),
-        Parameter("oom_cpu_fallback_after", value=3),
-    ]
-    node = PerceptionNode(context=context, parameter_overrides=overrides)
-    frame = np.zeros((48, 64, 3), np.uint8)
-    stamp = [1.0]
-
-    def feed_one() -> None:
-        """One frame, taken by the worker before the next is fed (nothing superseded)."""
-        done = node.counters.get("frames_labelled") + node.counters.get("drop:inference_error:oom")
-        stamp[0] += 0.1
-        node._on_image(rgb_to_image(frame, stamp=stamp[0]))
-        wait_until(
-            lambda: (
-                node.counters.get("frames_labelled") + node.counters.get("drop:inference_error:oom") > done
-            )
-        )
-
+    node = in_process_node(PerceptionNode, context, model_dir=str(model_dir), device="cpu",
+                           **{"fusion.mode": "vision", "oom_cpu_fallback_after": 3})  # fmt: skip
+    frames = FrameFeeder(node)
     try:
         assert node.trigger_configure() == R.SUCCESS
         assert node.trigger_activate() == R.SUCCESS
 
         # On the CPU: two frames run out of memory; counted, logged, and the next frames are served.
         fail_first(node.pipeline, 2)
-        for _ in range(4):
-            feed_one()
+        frames.feed(4)
         assert node.counters.get("drop:inference_error:oom") == 2
         assert node.counters.get("frames_labelled") == 2
         assert node.counters.get("drop:inference_error") == 0  # not lumped with other errors
@@ -390,24 +397,133 @@ def test_out_of_memory_is_counted_and_repeated_cuda_oom_falls_back_to_the_cpu(
         cuda_pipeline = node.pipeline
         cuda_pipeline.device = torch.device("cuda")
         fail_first(cuda_pipeline, 1000)
-        for _ in range(3):
-            feed_one()
-        wait_until(lambda: node.counters.get("device_fallback:cpu") == 1)
+        frames.feed(3)
+        wait_for(lambda: node.counters.get("device_fallback:cpu") == 1)
         assert len(emptied) >= 3
         assert node.pipeline is not cuda_pipeline and node.pipeline.device.type == "cpu"
         labelled = node.counters.get("frames_labelled")
-        feed_one()
+        frames.feed()
         assert node.counters.get("frames_labelled") == labelled + 1
         assert node.counters.get("drop:inference_error:oom") == 5
         node.diagnostics()  # the period with the OOMs
-        feed_one()
+        frames.feed()
         level, message, values = node.diagnostics()
         assert level == "warn" and "CPU after repeated out-of-memory" in message, message
         assert dict(values)["device"] == "cpu" and dict(values)["device_fallback:cpu"] == 1
     finally:
         node.release()
         node.destroy_node()
-        rclpy.try_shutdown(context=context)
     log = capfd.readouterr().err
     assert "out of memory on cpu" in log and "out of memory on cuda" in log, log[-3000:]
     assert "reloading the model on the CPU" in log, log[-3000:]
+
+
+def test_a_failed_cpu_fallback_is_counted_and_tried_again_after_another_round(
+    context, model_dir, monkeypatch, capfd
+):
+    """The host is short of memory too: loading the CPU copy fails. The node says so, counts it, keeps
+    the CUDA model (frames keep being tried there) and attempts the fallback again only after another
+    ``oom_cpu_fallback_after`` errors in a row; once the host has room, the fallback succeeds."""
+    import torch
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    from frozen_vlm_perception.nodes.perception_node import PerceptionNode
+    from frozen_vlm_perception.pipeline import PerceptionPipeline
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    node = in_process_node(PerceptionNode, context, model_dir=str(model_dir), device="cpu",
+                           **{"fusion.mode": "vision", "oom_cpu_fallback_after": 3})  # fmt: skip
+    frames = FrameFeeder(node)
+    real_load, host_full, loads = PerceptionPipeline.from_model_dir, [True], []
+
+    def load(*args, **kwargs):
+        loads.append(kwargs.get("device"))
+        if host_full[0]:
+            raise MemoryError("host out of memory (injected)")
+        return real_load(*args, **kwargs)
+
+    try:
+        assert node.trigger_configure() == R.SUCCESS
+        assert node.trigger_activate() == R.SUCCESS
+        monkeypatch.setattr(PerceptionPipeline, "from_model_dir", load)
+        cuda_pipeline = node.pipeline
+        cuda_pipeline.device = torch.device("cuda")
+        fail_first(cuda_pipeline, 1000)
+
+        frames.feed(3)  # the third OOM in a row tries the CPU, which fails
+        wait_for(lambda: node.counters.get("device_fallback_failed") == 1)
+        assert loads == ["cpu"]
+        assert node.pipeline is cuda_pipeline and node.counters.get("device_fallback:cpu") == 0
+        assert "cannot fall back to the CPU (MemoryError: host out of memory" in capfd.readouterr().err
+        frames.feed(2)  # a new round: no attempt before its third OOM
+        assert loads == ["cpu"]
+        frames.feed()
+        wait_for(lambda: node.counters.get("device_fallback_failed") == 2)
+        assert loads == ["cpu", "cpu"]
+
+        host_full[0] = False
+        frames.feed(3)
+        wait_for(lambda: node.counters.get("device_fallback:cpu") == 1)
+        assert node.pipeline is not cuda_pipeline and node.pipeline.device.type == "cpu"
+        assert node.counters.get("drop:inference_error:oom") == 9
+        labelled = node.counters.get("frames_labelled")
+        frames.feed()  # labelled on the CPU copy
+        assert node.counters.get("frames_labelled") == labelled + 1
+    finally:
+        node.release()
+        node.destroy_node()
+
+
+def test_out_of_memory_while_answering_fails_that_question_and_the_next_is_answered(
+    context, model_dir, monkeypatch, capfd
+):
+    """The LM runs out of memory mid-answer: that caller gets a clear failure at once, the error is
+    counted and logged, CUDA's cache is emptied, and the worker lives on to answer the next question."""
+    import torch
+    from builtin_interfaces.msg import Time
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    from frozen_vlm_perception.nodes.reasoning_node import ReasoningNode
+    from frozen_vlm_perception_interfaces.msg import SceneLatents
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    # The generating thread runs at nice 19: beside another make test 4 tokens outlasted 60 s, so the
+    # node's own deadline and the wait below bound a hang, not a latency.
+    node = in_process_node(ReasoningNode, context, model_dir=str(model_dir), device="cpu",
+                           answer_timeout_s=float(ANSWER_TIMEOUT_S))  # fmt: skip
+    try:
+        assert node.trigger_configure() == R.SUCCESS
+        assert node.trigger_activate() == R.SUCCESS
+        pipeline = node.pipeline
+        width = pipeline.language.hidden_size
+        scene = SceneLatents(num_latents=8, dim=width, data=np.zeros(8 * width, np.float32).tolist())
+        scene.header.stamp = Time(sec=5)
+        node._on_latents(scene)
+        real_answer = pipeline.answer
+
+        def out_of_memory(*args, **kwargs):
+            pipeline.device = torch.device("cuda")  # as if it ran there ("no GPU here": faked)
+            raise torch.OutOfMemoryError(OOM)
+
+        def ask():
+            job = node._prepare(QUESTION, Time(), 4)
+            assert not isinstance(job, str), job
+            assert node._submit(job) == ""
+            wait_for(lambda: job.outcome is not None, ANSWER_TIMEOUT_S)
+            return job.outcome
+
+        pipeline.answer = out_of_memory
+        failed = ask()
+        assert not failed.success
+        assert failed.message.startswith("failed: OutOfMemoryError: CUDA out of memory"), failed.message
+        assert node.counters.get("failed:oom") == 1
+        wait_for(lambda: emptied)  # after the job is finished, once the traceback is gone
+        pipeline.device, pipeline.answer = torch.device("cpu"), real_answer
+        answered = ask()
+        assert answered.success and answered.answer.strip(), answered
+        assert node.counters.get("failed:oom") == 1 and node._worker.is_alive()
+    finally:
+        node.release()
+        node.destroy_node()
+    assert "out of memory while answering: CUDA out of memory" in capfd.readouterr().err

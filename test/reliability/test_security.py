@@ -211,17 +211,6 @@ def test_hapt_unpickler_refuses_code_execution(payload, tmp_path):
 # Paths from parameters
 
 
-@pytest.fixture
-def context(ros_env):
-    import rclpy
-    from rclpy.context import Context
-
-    context = Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("node_kind", ["perception", "reasoning"])
 def test_model_dir_parameters_are_validated_at_configure(node_kind, context, model_dir, tmp_path, capfd):

@@ -18,17 +18,6 @@ from frozen_vlm_perception.conversions import rgb_to_image
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def context():
-    import rclpy
-    from rclpy.context import Context
-
-    context = Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
-
-
 def make_perception(context, model_dir, **params):
     from rclpy.parameter import Parameter
 
@@ -182,6 +171,49 @@ def test_reasoning_scene_history_validation_and_lookup(context):
         assert nearest.stamp.sec == 10
         missing, why = node.find_scene(Time(sec=12))  # the NaN scene was never stored
         assert missing is None and "no scene within" in why
+    finally:
+        node.destroy_node()
+
+
+def test_a_scene_keeps_its_activity_label_after_the_label_map_forgets_its_stamp(context):
+    """A question holds its scene while it waits and generates (beside another make test: 104 s); the
+    stamp -> label map keeps only 2 x history_size stamps, so the scene itself must keep its label."""
+    from builtin_interfaces.msg import Time
+    from rclpy.parameter import Parameter
+
+    from frozen_vlm_perception.nodes.reasoning_node import NO_ACTIVITY, ReasoningNode
+    from frozen_vlm_perception_interfaces.msg import ActivityLabel, SceneLatents
+
+    node = ReasoningNode(context=context, parameter_overrides=[Parameter("history_size", value=2)])
+
+    def scene(sec: int) -> None:
+        msg = SceneLatents(num_latents=2, dim=3, data=np.ones(6, np.float32).tolist())
+        msg.header.stamp = Time(sec=sec)
+        node._on_latents(msg)
+
+    def label(sec: int, name: str) -> None:
+        msg = ActivityLabel(label=name, confidence=0.9, candidate_labels=[name, "other"], scores=[0.9, 0.1])
+        msg.header.stamp = Time(sec=sec)
+        node._on_activity(msg)
+
+    try:
+        label(1, "sitting")  # the label may arrive before its scene
+        scene(1)
+        early, _ = node.find_scene(Time())
+        scene(2)
+        label(2, "lying")  # ... or after it
+        late, _ = node.find_scene(Time())
+        assert (early.stamp.sec, late.stamp.sec) == (1, 2)
+        for sec in range(3, 13):  # ten more labelled scenes: both stamps leave the map and the history
+            scene(sec)
+            label(sec, "walking")
+        assert len(node._activities) == 4 and 1_000_000_000 not in node._activities
+        assert [r.stamp.sec for r in node._history] == [11, 12]
+        assert node.activity_of(early).label == "sitting" and node.activity_of(late).label == "lying"
+        assert node.activity_of(late).probabilities == pytest.approx({"lying": 0.9, "other": 0.1})
+        scene(20)  # no label ever arrives for it
+        newest, _ = node.find_scene(Time())
+        assert node.activity_of(newest) is NO_ACTIVITY
     finally:
         node.destroy_node()
 

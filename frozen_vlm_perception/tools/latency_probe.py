@@ -103,8 +103,10 @@ class SensorStream:
         return self
 
     def stop(self) -> None:
+        """Stop publishing (a stream never started has nothing to stop)."""
         self._stop.set()
-        self._thread.join(timeout=5.0)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5.0)
 
     def _run(self) -> None:
         from frozen_vlm_perception.conversions import to_time_msg

@@ -474,7 +474,7 @@ class ReasoningNode(TeardownReleases, LifecycleNode):
                 grounding = self.grounding_of(outcome.answer, activity, job.question)
                 response.grounding, response.flagged = grounding.status, grounding.flagged
                 response.grounding_note = grounding.note
-        response.latency = time.perf_counter()
+        response.latency = time.perf_counter() - start
         if repeat:
             return response
         if job is not None:

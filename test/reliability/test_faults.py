@@ -331,11 +331,7 @@ def fail_first(pipeline, times: int) -> list:
     return calls
 
 
-def wait_for(predicate, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+IN_PROCESS_WAIT_S = 120.0  # a bound on a hang for the in-process workers below, not a latency
 
 
 def in_process_node(node_class, context, **params):
@@ -361,7 +357,7 @@ class FrameFeeder:
             done = self.handled()
             self.stamp += 0.1
             self.node._on_image(rgb_to_image(self.frame, stamp=self.stamp))
-            wait_for(lambda done=done: self.handled() > done)
+            wait_until(lambda done=done: self.handled() > done, IN_PROCESS_WAIT_S)
 
 
 def test_out_of_memory_is_counted_and_repeated_cuda_oom_falls_back_to_the_cpu(
@@ -398,7 +394,7 @@ def test_out_of_memory_is_counted_and_repeated_cuda_oom_falls_back_to_the_cpu(
         cuda_pipeline.device = torch.device("cuda")
         fail_first(cuda_pipeline, 1000)
         frames.feed(3)
-        wait_for(lambda: node.counters.get("device_fallback:cpu") == 1)
+        wait_until(lambda: node.counters.get("device_fallback:cpu") == 1, IN_PROCESS_WAIT_S)
         assert len(emptied) >= 3
         assert node.pipeline is not cuda_pipeline and node.pipeline.device.type == "cpu"
         labelled = node.counters.get("frames_labelled")
@@ -451,19 +447,19 @@ def test_a_failed_cpu_fallback_is_counted_and_tried_again_after_another_round(
         fail_first(cuda_pipeline, 1000)
 
         frames.feed(3)  # the third OOM in a row tries the CPU, which fails
-        wait_for(lambda: node.counters.get("device_fallback_failed") == 1)
+        wait_until(lambda: node.counters.get("device_fallback_failed") == 1, IN_PROCESS_WAIT_S)
         assert loads == ["cpu"]
         assert node.pipeline is cuda_pipeline and node.counters.get("device_fallback:cpu") == 0
         assert "cannot fall back to the CPU (MemoryError: host out of memory" in capfd.readouterr().err
         frames.feed(2)  # a new round: no attempt before its third OOM
         assert loads == ["cpu"]
         frames.feed()
-        wait_for(lambda: node.counters.get("device_fallback_failed") == 2)
+        wait_until(lambda: node.counters.get("device_fallback_failed") == 2, IN_PROCESS_WAIT_S)
         assert loads == ["cpu", "cpu"]
 
         host_full[0] = False
         frames.feed(3)
-        wait_for(lambda: node.counters.get("device_fallback:cpu") == 1)
+        wait_until(lambda: node.counters.get("device_fallback:cpu") == 1, IN_PROCESS_WAIT_S)
         assert node.pipeline is not cuda_pipeline and node.pipeline.device.type == "cpu"
         assert node.counters.get("drop:inference_error:oom") == 9
         labelled = node.counters.get("frames_labelled")
@@ -510,7 +506,7 @@ def test_out_of_memory_while_answering_fails_that_question_and_the_next_is_answe
             job = node._prepare(QUESTION, Time(), 4)
             assert not isinstance(job, str), job
             assert node._submit(job) == ""
-            wait_for(lambda: job.outcome is not None, ANSWER_TIMEOUT_S)
+            wait_until(lambda: job.outcome is not None, ANSWER_TIMEOUT_S, "the answer")
             return job.outcome
 
         pipeline.answer = out_of_memory
@@ -518,7 +514,7 @@ def test_out_of_memory_while_answering_fails_that_question_and_the_next_is_answe
         assert not failed.success
         assert failed.message.startswith("failed: OutOfMemoryError: CUDA out of memory"), failed.message
         assert node.counters.get("failed:oom") == 1
-        wait_for(lambda: emptied)  # after the job is finished, once the traceback is gone
+        wait_until(lambda: emptied, IN_PROCESS_WAIT_S, "CUDA cache emptied after the failed answer")
         pipeline.device, pipeline.answer = torch.device("cpu"), real_answer
         answered = ask()
         assert answered.success and answered.answer.strip(), answered

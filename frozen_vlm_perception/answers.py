@@ -66,6 +66,36 @@ def invented_scenery(text: str, scene_words: Sequence[str] = ()) -> list[str]:
     return [w for w in SCENERY_WORDS if _has_words(text, w) and not _has_words(allowed, w)]
 
 
+def answer_is_correct(
+    family: str,
+    question: str,
+    answer: str,
+    *,
+    label: str,
+    place: str | None,
+    labels: Sequence[str],
+    place_keys: Sequence[str],
+) -> bool:
+    """Whether ``answer`` to ``question`` of ``family`` is right about a scene whose truth is
+    (label, place): the activities it names are exactly [label]; the places it names are exactly
+    [place]; both; or its yes/no equals the question's truth for label. The one rule that
+    evaluation scores with and stage 2's validation keeps its best step by."""
+    from frozen_vlm_perception.questions import FAMILY_NAMES, yes_no_truth
+
+    if family == "yes_no":
+        said = yes_no(answer)
+        return said is not None and said == yes_no_truth(question, label)
+    activity_ok = named_activities(answer, labels) == [label]
+    place_ok = place is not None and named_places(answer, place_keys) == [place]
+    if family == "activity":
+        return activity_ok
+    if family == "place":
+        return place_ok
+    if family == "activity_place":
+        return activity_ok and place_ok
+    raise KeyError(f"unknown question family {family!r}; known: {FAMILY_NAMES}")
+
+
 def yes_no(text: str) -> bool | None:
     """True for an answer that starts with yes, False for no, None when it starts with neither."""
     first = re.match(r"\W*(\w+)", text.lower())

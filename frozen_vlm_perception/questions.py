@@ -6,7 +6,10 @@ them and scores the answers with the rules of ``frozen_vlm_perception.answers``.
 
 Four families, each with several wordings. The ``trained`` wordings are what stage 2 asks; the
 ``held_out`` wordings are never used in training, so evaluation measures whether the scene reaches
-the LM whatever the wording, not whether the adapter memorised a template::
+the LM whatever the wording, not whether the adapter memorised a template. The ``validation``
+wordings are a third set, never trained and never evaluated: stage 2's validation generates answers
+to them to choose which step to keep, so the kept step is good at wordings it did not train on
+without evaluation's held-out wordings ever steering training::
 
     activity        "What is the person doing?" -> "The person is walking upstairs."
     place           "Where is the person?"      -> "The person is next to a cat."
@@ -44,7 +47,8 @@ class Family:
     name: str
     needs_place: bool  # only asked when the frame is used and the sample has a place
     trained: tuple[str, ...]
-    held_out: tuple[str, ...]
+    held_out: tuple[str, ...]  # evaluation only
+    validation: tuple[str, ...]  # stage-2 validation only
 
 
 FAMILIES: dict[str, Family] = {
@@ -70,6 +74,11 @@ FAMILIES: dict[str, Family] = {
                 "What activity do you perceive?",
                 "What's the person doing at the moment?",
             ),
+            validation=(
+                "Can you tell what the person is doing?",
+                "What action is the person performing?",
+                "Say what the person is doing.",
+            ),
         ),
         Family(
             "place",
@@ -90,6 +99,11 @@ FAMILIES: dict[str, Family] = {
                 "Describe the surroundings.",
                 "Where is the robot looking?",
             ),
+            validation=(
+                "What is around the person?",
+                "Where are they?",
+                "What can be seen near the person?",
+            ),
         ),
         Family(
             "activity_place",
@@ -107,6 +121,11 @@ FAMILIES: dict[str, Family] = {
                 "Describe what you perceive.",
                 "Give a short description of the scene.",
                 "What's going on?",
+            ),
+            validation=(
+                "What is going on in this scene?",
+                "Summarize the scene.",
+                "What is the person doing, and what is around them?",
             ),
         ),
         Family(
@@ -131,6 +150,13 @@ FAMILIES: dict[str, Family] = {
                 "Is the person sitting down?",
                 "Is the person using the stairs?",
             ),
+            validation=(
+                "Is the person walking right now?",
+                "Is the person lying flat?",
+                "Is the person sitting at the moment?",
+                "Is the person standing up?",
+                "Is the person on a staircase?",
+            ),
         ),
     )
 }
@@ -153,6 +179,11 @@ YES_NO_PREDICATE: dict[str, str] = {
     "Is the person lying on the ground?": "lying",
     "Is the person sitting down?": "sitting",
     "Is the person using the stairs?": "stairs",
+    "Is the person walking right now?": "moving",
+    "Is the person lying flat?": "lying",
+    "Is the person sitting at the moment?": "sitting",
+    "Is the person standing up?": "standing",
+    "Is the person on a staircase?": "stairs",
 }
 
 # The standard question (demo, bench, the node's examples): the first trained activity wording.
@@ -281,9 +312,12 @@ def families_for(place: str | None, *, has_vision: bool) -> list[str]:
     return [name for name, f in FAMILIES.items() if with_place or not f.needs_place]
 
 
-def wordings(family: str, *, held_out: bool = False) -> tuple[str, ...]:
+def wordings(family: str, *, held_out: bool = False, validation: bool = False) -> tuple[str, ...]:
+    """The trained wordings of ``family``, or its held-out (evaluation) or validation ones."""
+    if held_out and validation:
+        raise ValueError("a wording set is held-out (evaluation) or validation, not both")
     f = FAMILIES[family]
-    return f.held_out if held_out else f.trained
+    return f.held_out if held_out else f.validation if validation else f.trained
 
 
 def make_qa(

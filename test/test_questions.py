@@ -13,13 +13,19 @@ from frozen_vlm_perception.answers import named_activities, named_places, yes_no
 LABELS = ["walking", "walking upstairs", "walking downstairs", "sitting", "standing", "lying"]
 
 
-def test_every_family_has_trained_and_held_out_wordings_that_never_overlap():
+def test_every_family_has_trained_held_out_and_validation_wordings_that_never_overlap():
     for family in Q.FAMILIES.values():
         assert len(family.trained) >= 4 and len(family.held_out) >= 3, family.name
-        assert not set(family.trained) & set(family.held_out), family.name
-    every = [q for f in Q.FAMILIES.values() for q in f.trained + f.held_out]
-    assert len(every) == len(set(every))  # no wording in two families
-    assert set(Q.YES_NO_PREDICATE) == set(Q.FAMILIES["yes_no"].trained + Q.FAMILIES["yes_no"].held_out)
+        assert len(family.validation) >= 3, family.name
+    every = [q for f in Q.FAMILIES.values() for q in f.trained + f.held_out + f.validation]
+    assert len(every) == len(set(every))  # no wording in two sets or two families
+    yes_no = Q.FAMILIES["yes_no"]
+    assert set(Q.YES_NO_PREDICATE) == set(yes_no.trained + yes_no.held_out + yes_no.validation)
+    # Validation asks a true yes and a true no about every label (stage 2 alternates them).
+    for label in LABELS:
+        assert {Q.yes_no_truth(q, label) for q in yes_no.validation} == {True, False}, label
+    with pytest.raises(ValueError, match="not both"):
+        Q.wordings("activity", held_out=True, validation=True)
     general = {q for q, _ in Q.GENERAL_QUESTIONS}
     assert not general & set(Q.GENERAL_TRAINING_QUESTIONS)  # evaluation's control stays unseen
 
@@ -67,7 +73,8 @@ def test_reference_answers_pass_their_own_scoring_rules():
     for label in LABELS:
         for place in places:
             for family in Q.FAMILY_NAMES:
-                for question in Q.wordings(family) + Q.wordings(family, held_out=True):
+                every = Q.wordings(family) + Q.wordings(family, held_out=True)
+                for question in every + Q.wordings(family, validation=True):
                     answer = Q.reference_answer(family, question, label, place)
                     assert named_activities(answer, LABELS) == ([] if family == "place" else [label])
                     if Q.FAMILIES[family].needs_place:

@@ -35,6 +35,7 @@ import torch
 
 from frozen_vlm_perception.answers import (
     DEFAULT_GROUNDING_MIN_PROBABILITY,
+    answer_is_correct,
     check_grounding,
     invented_scenery,
     named_activities,
@@ -196,19 +197,12 @@ def score_answer(
     head_label: str | None = None,
 ) -> Scored:
     """Score ``answer`` to ``question`` of ``family`` about a scene whose truth is (label, place)."""
-    if family not in FAMILIES:
-        raise KeyError(f"unknown question family {family!r}; known: {FAMILY_NAMES}")
+    correct = answer_is_correct(
+        family, question, answer, label=label, place=place, labels=labels, place_keys=place_keys
+    )
     acts = named_activities(answer, labels)
     places = named_places(answer, place_keys)
-    activity_ok = acts == [label]
-    place_ok = place is not None and places == [place]
     said = yes_no(answer)
-    correct = {
-        "activity": activity_ok,
-        "place": place_ok,
-        "activity_place": activity_ok and place_ok,
-        "yes_no": family == "yes_no" and said is not None and said == yes_no_truth(question, label),
-    }[family]
     extra_acts = [a for a in acts if a != label]
     if family == "yes_no" and said is False:  # "No, the person is not sitting." names no absent activity
         asked_about = set(named_activities(question, labels))

@@ -103,6 +103,7 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     _option(stage, defaults, "p_yes_no", float, "share of the other LM samples asked a yes/no question")
     _option(stage, defaults, "first_token_weight", float, "weight of each answer's first token (yes/no)")
     _option(stage, defaults, "val_yes_no_samples", int, "validation samples asked a yes/no question")
+    _option(stage, defaults, "val_answer_samples", int, "validation samples answered in a validation wording")
     _option(stage, defaults, "head_steps", int, "head-only steps on the kept adapter's latents")
     stage.add_argument(
         "--answers-name-place",

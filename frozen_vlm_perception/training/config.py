@@ -16,6 +16,7 @@ from frozen_vlm_perception.config import FUSION_WEIGHTINGS, ConfigError
 ALIGN_MONITORS = {"val_loss": False, "val_infonce": False, "val_r1": True, "val_r5": True, "val_acc": True}
 ADAPTER_MONITORS = {
     "val_loss": False, "val_lm_loss": False, "val_ce": False, "val_acc": True, "val_yes_no_acc": True,
+    "val_answer_acc": True,
 }
 
 
@@ -127,6 +128,11 @@ class AdapterTrainConfig:
     # Validation samples asked a yes/no question (trained wordings, true answer yes for half of
     # them), scored by whether the LM's first answer token prefers "Yes" or "No" (val_yes_no_acc).
     val_yes_no_samples: int = 64
+    # Validation samples asked one question each in a validation wording (questions.py: never
+    # trained, never evaluated), families in turn; the LM's greedy answers are scored by the
+    # evaluation's rules (answers.answer_is_correct): val_answer_acc, the mean over families, and
+    # val_answer_acc_<family>. 0: not asked.
+    val_answer_samples: int = 64
     patience: int = 4  # validations without improvement before stopping
     # The LM's answer loss alone: the head is refit on the kept latents afterwards (head_steps), and
     # head CE + LM loss kept a half-trained adapter (step 600 of 1200, docs/ANSWERS.md).
@@ -154,8 +160,10 @@ class AdapterTrainConfig:
             raise ConfigError("caption_steps and head_steps must be >= 0 and p_general in [0, 1]")
         if not 0 <= self.p_yes_no <= 1:
             raise ConfigError(f"p_yes_no must lie in [0, 1], got {self.p_yes_no}")
-        if self.first_token_weight < 0 or self.val_yes_no_samples < 0:
-            raise ConfigError("first_token_weight and val_yes_no_samples must be >= 0")
+        if self.first_token_weight < 0 or self.val_yes_no_samples < 0 or self.val_answer_samples < 0:
+            raise ConfigError("first_token_weight, val_yes_no_samples and val_answer_samples must be >= 0")
+        if self.monitor == "val_answer_acc" and self.val_answer_samples == 0:
+            raise ConfigError("monitor val_answer_acc needs val_answer_samples > 0")
         probs = (self.p_fused, self.p_vision, self.p_imu)
         if min(probs) < 0 or sum(probs) <= 0:
             raise ConfigError(f"modality probabilities must be >= 0 and not all 0, got {probs}")

@@ -12,17 +12,20 @@ from safetensors.torch import load_file
 from tiny_recordings import tiny_data_config
 
 from frozen_vlm_perception.checkpoint import read_checkpoint_config
-from frozen_vlm_perception.config import LanguageConfig, VisionConfig
+from frozen_vlm_perception.config import DEFAULT_ACTIVITY_LABELS, LanguageConfig, VisionConfig
 from frozen_vlm_perception.nn.vision import build_vision_encoder
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.questions import STANDARD_QUESTION
 from frozen_vlm_perception.training.adapter import (
+    LmTask,
     _write_report,
+    answers_correct,
     jittered_alpha,
     pooled_latents,
     refit_head,
     sample_modalities,
     train_adapter,
+    validation_questions,
 )
 from frozen_vlm_perception.training.config import AdapterTrainConfig
 
@@ -246,6 +249,58 @@ def test_choosing_the_adapter_kind_needs_a_fresh_adapter():
     with pytest.raises(ConfigError, match="resampler or linear"):
         AdapterTrainConfig(adapter="mlp", reinit=True).validate()
     AdapterTrainConfig(adapter="linear", reinit=True).validate()
+
+
+def test_validation_asks_every_family_in_validation_wordings_with_yes_and_no_in_turn():
+    from frozen_vlm_perception import questions as Q
+    from frozen_vlm_perception.config import ConfigError
+
+    labels = ["walking", "sitting", "lying", "standing", "walking upstairs", "walking downstairs"] * 20
+    places = ["cat", None, "rocket"] * 40
+    asked = validation_questions(labels, places)
+    assert asked == validation_questions(labels, places)  # the same questions at every validation
+    for (family, question), place in zip(asked, places, strict=True):
+        assert question in Q.wordings(family, validation=True)
+        assert place is not None or not Q.FAMILIES[family].needs_place
+    assert {f for f, _ in asked} == set(Q.FAMILY_NAMES)
+    truths = [Q.yes_no_truth(q, lab) for (f, q), lab in zip(asked, labels, strict=True) if f == "yes_no"]
+    assert truths[:6] == [True, False] * 3 and abs(sum(truths) - len(truths) / 2) <= 1
+    with pytest.raises(ConfigError, match="val_answer_samples"):
+        AdapterTrainConfig(monitor="val_answer_acc", val_answer_samples=0).validate()
+
+
+def test_validation_answers_are_scored_against_their_own_scenes_truth(language_model):
+    """Pseudo-tokens equal to the LM's embeddings of "The person is sitting next to a cat." make the
+    real LM say so (test_language.py); three such scenes, asked in validation wordings, are right
+    about their own truths and wrong about each other's, so each answer meets its own scene's truth
+    after the scenes are grouped by question and decoded together."""
+    lm = language_model
+    scenes = [("sitting", "cat"), ("lying", "rocket"), ("standing", "motorcycle")]
+
+    def tokens(label: str, place: str) -> torch.Tensor:
+        from frozen_vlm_perception.questions import place_phrase
+
+        text = f" The person is {label} {place_phrase(place)}."
+        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return lm.embed_ids(torch.tensor((ids * 2)[:12]))  # 12 tokens each
+
+    latents = torch.stack([tokens(*scene) for scene in scenes] * 3)
+    asked = [(f, q) for f, q in (
+        ("activity", "Say what the person is doing."), ("place", "Where are they?"),
+        ("activity_place", "Summarize the scene."),
+    ) for _ in scenes]  # fmt: skip
+    places = [p for _, p in scenes]
+    task = LmTask(language=lm, labels=list(DEFAULT_ACTIVITY_LABELS), place_names=places, num_tokens=12)
+    keys = ["coffee", "cat", "astronaut", "rocket", "motorcycle"]
+
+    def score(truths):
+        return answers_correct(
+            task, None, latents, [lab for lab, _ in truths] * 3, [p for _, p in truths] * 3, asked,
+            place_keys=keys, max_new_tokens=16,
+        )  # fmt: skip
+
+    assert score(scenes) == {"activity": (3, 3), "place": (3, 3), "activity_place": (3, 3)}
+    assert score(scenes[1:] + scenes[:1]) == {"activity": (0, 3), "place": (0, 3), "activity_place": (0, 3)}
 
 
 # --------------------------------------------------------------------------------------------------

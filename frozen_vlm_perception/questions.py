@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 # Activity predicates of the yes/no questions (labels of the demo head; other label sets answer the
 # predicates whose words they contain).
@@ -162,29 +162,6 @@ FAMILIES: dict[str, Family] = {
 }
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 
-# More trained yes/no wordings: every subject with every phrase of each predicate ("Are they taking
-# the stairs?"). Eleven wordings taught a question reader to answer those eleven (0.99) and not
-# others (0.62-0.78 on wordings it never saw, docs/ANSWERS.md): it learned the strings, not the
-# predicates. None of these is a held-out or validation wording (tested).
-YES_NO_SUBJECTS: tuple[str, ...] = ("the person", "he", "she", "they")
-YES_NO_PHRASES: dict[str, tuple[str, ...]] = {
-    "moving": ("moving", "in motion", "walking", "on the move", "walking around", "moving around"),
-    "lying": ("lying down", "lying", "lying on a bed", "lying on the floor"),
-    "sitting": ("sitting", "seated", "sitting on a chair", "sitting still"),
-    "standing": ("standing", "standing still", "standing upright", "standing in place"),
-    "stairs": ("on the stairs", "going up or down stairs", "walking on the stairs", "taking the stairs"),
-}
-
-
-def _yes_no_variants() -> dict[str, str]:
-    """wording -> predicate for every subject and phrase of YES_NO_PHRASES."""
-    return {
-        f"{'Are' if subject == 'they' else 'Is'} {subject} {phrase}?": predicate
-        for predicate, phrases in YES_NO_PHRASES.items()
-        for phrase in phrases
-        for subject in YES_NO_SUBJECTS
-    }
-
 # Which predicate each yes/no wording asks about.
 YES_NO_PREDICATE: dict[str, str] = {
     "Is the person moving?": "moving",
@@ -208,9 +185,6 @@ YES_NO_PREDICATE: dict[str, str] = {
     "Is the person standing up?": "standing",
     "Is the person on a staircase?": "stairs",
 }
-_VARIANTS = {q: p for q, p in _yes_no_variants().items() if q not in YES_NO_PREDICATE}
-YES_NO_PREDICATE.update(_VARIANTS)
-FAMILIES["yes_no"] = replace(FAMILIES["yes_no"], trained=FAMILIES["yes_no"].trained + tuple(_VARIANTS))
 
 # The standard question (demo, bench, the node's examples): the first trained activity wording.
 STANDARD_QUESTION = FAMILIES["activity"].trained[0]

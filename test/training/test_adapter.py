@@ -422,6 +422,9 @@ def test_only_reader_trains_a_new_question_reader_and_keeps_the_scene_model(
     evals = result.history.evals
     assert [e["step"] for e in evals] == [0, 6, 12]  # no caption warm start: it moves scene tokens only
     assert all(0 <= e["val_yes_no_acc"] <= 1 for e in evals)  # the yes/no answers are scored too
+    # ... and answers in validation wordings, generated through the reader, per family and in all.
+    per_family = [k for k in evals[0] if k.startswith("val_answer_acc_")]
+    assert per_family and all(0 <= e["val_answer_acc"] <= 1 for e in evals)
     assert result.best["val_lm_loss"] < evals[0]["val_lm_loss"] - 0.05, [e["val_lm_loss"] for e in evals]
     stored, _, metadata = read_checkpoint_config(out)
     assert stored.reader.num_tokens == 2 and "reader" in metadata["training"]

@@ -17,7 +17,7 @@ Rules (all case-insensitive, whole words):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 # Places and scenery the frozen LM tends to invent when the scene does not reach it (seen in real
@@ -58,6 +58,13 @@ def named_activities(text: str, labels: Sequence[str]) -> list[str]:
 def named_places(text: str, places: Sequence[str]) -> list[str]:
     """The place keys (e.g. "coffee", "motorcycle") the text names, in ``places`` order."""
     return [key for key in places if _has_words(text, key.replace("_", " "))]
+
+
+def place_keys_for(known: Iterable[str | None]) -> list[str]:
+    """Candidate places an answer can name: the demo's photo keys and the recording's own keys."""
+    from frozen_vlm_perception.data.photos import place_keys
+
+    return sorted(set(place_keys()) | {p for p in known if p})
 
 
 def invented_scenery(text: str, scene_words: Sequence[str] = ()) -> list[str]:

@@ -40,6 +40,7 @@ from frozen_vlm_perception.answers import (
     invented_scenery,
     named_activities,
     named_places,
+    place_keys_for,
     yes_no,
 )
 from frozen_vlm_perception.questions import (
@@ -238,13 +239,6 @@ def pick_wording(family: str, *, held_out: bool, index: int, label: str) -> str:
         if matching:
             return matching[(index // 2) % len(matching)]
     return options[index % len(options)]
-
-
-def place_keys_for(known: Iterable[str | None]) -> list[str]:
-    """Candidate places an answer can name: the demo's photo keys and the bag's own place keys."""
-    from frozen_vlm_perception.data.photos import place_keys
-
-    return sorted(set(place_keys()) | {p for p in known if p})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from frozen_vlm_perception.answers import answer_is_correct
+from frozen_vlm_perception.answers import answer_is_correct, place_keys_for
 from frozen_vlm_perception.checkpoint import (
     CheckpointError,
     check_compatible,
@@ -698,9 +698,7 @@ def evaluate_adapter(
     metrics["val_acc"] = metrics["val_acc_fused"]
 
     # Up to val_lm_samples labelled samples spread evenly over the set (not just its first seconds).
-    labelled = torch.nonzero(labels >= 0).flatten()
-    if len(labelled) > train.val_lm_samples:
-        labelled = labelled[torch.linspace(0, len(labelled) - 1, train.val_lm_samples).round().long()]
+    labelled = spread_labelled(labels, train.val_lm_samples)
     mine = labelled[ctx.rank :: ctx.world_size]
     total, count = 0.0, 0
     for chunk in mine.split(train.lm_batch_size):
@@ -716,9 +714,7 @@ def evaluate_adapter(
 
     # Yes/no: the word that decides the answer is one token of a dozen in the LM loss, so it is
     # scored on its own, on more samples (the same ones at every validation).
-    labelled = torch.nonzero(labels >= 0).flatten()
-    if len(labelled) > train.val_yes_no_samples:
-        labelled = labelled[torch.linspace(0, len(labelled) - 1, train.val_yes_no_samples).round().long()]
+    labelled = spread_labelled(labels, train.val_yes_no_samples)
     right, asked = 0, 0
     for chunk in labelled[ctx.rank :: ctx.world_size].split(train.lm_batch_size):
         out = _forward(scene_model, val_set, chunk, "fused", ctx.device)
@@ -731,6 +727,15 @@ def evaluate_adapter(
         metrics.update(_answer_accuracy(scene_model, task, val_set, labels, config, train, ctx))
     metrics["val_loss"] = train.ce_weight * metrics["val_ce"] + train.lm_weight * metrics["val_lm_loss"]
     return metrics
+
+
+def spread_labelled(labels: Tensor, limit: int) -> Tensor:
+    """Indices of up to ``limit`` labelled samples (labels (N,) >= 0) spread evenly over the set,
+    not just its first seconds; the same ones at every validation."""
+    labelled = torch.nonzero(labels >= 0).flatten()
+    if len(labelled) > limit:
+        labelled = labelled[torch.linspace(0, len(labelled) - 1, limit).round().long()]
+    return labelled
 
 
 # Greedy answers of the validation questions stop here: "The person is walking upstairs next to an
@@ -750,15 +755,11 @@ def _answer_accuracy(
     """val_answer_acc_<family> and their mean val_answer_acc: greedy answers to validation wordings
     (validation_questions) about ``val_answer_samples`` labelled samples spread over the set, fused.
     What stage 2 can keep a step for when it must be good at wordings it never trained on."""
-    from frozen_vlm_perception.data.photos import place_keys
-
-    labelled = torch.nonzero(labels >= 0).flatten()
-    if len(labelled) > train.val_answer_samples:
-        labelled = labelled[torch.linspace(0, len(labelled) - 1, train.val_answer_samples).round().long()]
+    labelled = spread_labelled(labels, train.val_answer_samples)
     names = [config.labels[int(i)] for i in labels[labelled]]
     places = [task.place(int(p)) for p in val_set.place_id[labelled]]
     asked = validation_questions(names, places)
-    keys = sorted(set(place_keys()) | set(task.place_names))
+    keys = place_keys_for(task.place_names)
     rows = list(range(ctx.rank, len(labelled), ctx.world_size))
     # All latents first, so that every scene asked the same question is decoded in one batch.
     latents = torch.cat([
@@ -944,7 +945,7 @@ def _eval_line(record: dict[str, float], improved: bool, monitor: str) -> str:
 
 
 def _answers_text(record: dict[str, float]) -> str:
-    """"  answers 0.88 (activity 0.94 place 1.00 ...)": the validation wordings' answer accuracy."""
+    """"  answers 0.812 (act 0.81 place 1.00 ...)": the validation wordings' answer accuracy."""
     short = {"activity": "act", "place": "place", "activity_place": "act+place", "yes_no": "yes/no"}
     parts = [
         f"{short.get(f, f)} {record[f'val_answer_acc_{f}']:.2f}"

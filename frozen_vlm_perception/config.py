@@ -156,6 +156,9 @@ class ReaderConfig:
     heads: int = 4
     dim_head: int = 64
     ff_mult: int = 4
+    # Decide yes/no questions with the reader's own [gate, yes] logits, which pick one of two learned
+    # token sets (nn/reader.py); trained with their own cross-entropy (training/adapter.py).
+    decision: bool = False
 
     def validate(self) -> None:
         _check_range("reader.num_tokens", self.num_tokens, 0, 64)

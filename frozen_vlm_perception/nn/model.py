@@ -56,7 +56,9 @@ class SceneModel(nn.Module):
         self.head = ActivityHead(dim=lm_dim, num_labels=len(config.labels))
         # Not part of forward: it reads the question too, so it runs when a question is answered.
         self.reader = (
-            QuestionReader(config=config.reader, lm_dim=lm_dim) if config.reader.num_tokens > 0 else None
+            QuestionReader(config=config.reader, lm_dim=lm_dim, num_labels=len(config.labels))
+            if config.reader.num_tokens > 0
+            else None
         )
 
     @property

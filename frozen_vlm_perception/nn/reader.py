@@ -13,6 +13,22 @@ question, where the LM only has to read the deciding word.
 
 The output projection starts at zero, so a new reader adds tokens the LM barely notices (zero
 vectors: no key, no value) and training starts from the answers of the model it is added to.
+
+With ``decision`` (config.ReaderConfig) the reader also decides a yes/no question itself. Trained
+only through the LM's answer loss, where the deciding word is one target token of about twelve, a
+reader learned the yes/no of the wordings it was trained on and not of others (docs/ANSWERS.md).
+``YesNoDecision`` factors the decision so that each part is simple enough to generalize: from the
+question alone, a ``gate`` (is this a yes/no question about the scene?) and, per activity label,
+whether the question's predicate holds for it; from the scene alone, the activity probabilities;
+P(yes) = sum over labels of P(label) * P(predicate holds for label). They pick between two learned
+token sets that are added to the free tokens,
+
+    tokens = free + sigmoid(gate) * (sigmoid(yes) * yes_tokens + (1 - sigmoid(yes)) * no_tokens)
+
+and the LM only has to learn to read two fixed patterns, the same for every wording. Training feeds
+the true gate and answer instead of the predicted ones (``decision``), so the LM learns to read the
+patterns while the logits learn to choose them; the token sets start at the LM's embeddings of a
+short text that states the answer ("Answer: yes." / "Answer: no.", set by training).
 """
 
 from __future__ import annotations
@@ -21,11 +37,12 @@ import torch
 from torch import Tensor, nn
 
 from frozen_vlm_perception.config import ReaderConfig
+from frozen_vlm_perception.nn.heads import ActivityHead
 from frozen_vlm_perception.nn.resampler import perceiver_layers
 
 
 class QuestionReader(nn.Module):
-    def __init__(self, *, config: ReaderConfig, lm_dim: int):
+    def __init__(self, *, config: ReaderConfig, lm_dim: int, num_labels: int = 0):
         super().__init__()
         dim = config.dim
         self.in_proj = nn.Linear(lm_dim, dim)
@@ -38,14 +55,44 @@ class QuestionReader(nn.Module):
         self.out_proj = nn.Linear(dim, lm_dim)
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
+        self.decision = None
+        if config.decision:
+            if num_labels < 1:
+                raise ValueError("a reader with a decision needs the activity labels (num_labels >= 1)")
+            self.decision = YesNoDecision(lm_dim=lm_dim, num_labels=num_labels)
+            self.yes_tokens = nn.Parameter(torch.zeros(config.num_tokens, lm_dim))
+            self.no_tokens = nn.Parameter(torch.zeros(config.num_tokens, lm_dim))
 
     @property
     def num_tokens(self) -> int:
         return self.queries.shape[0]
 
-    def forward(self, scene: Tensor, question: Tensor, question_mask: Tensor | None = None) -> Tensor:
+    @property
+    def decides(self) -> bool:
+        return self.decision is not None
+
+    def forward(
+        self,
+        scene: Tensor,
+        question: Tensor,
+        question_mask: Tensor | None = None,
+        *,
+        decision: Tensor | None = None,
+    ) -> Tensor:
         """scene (B, K, H), question (B, T, H), question_mask (B, T) bool (True: a real token; None:
-        all real) -> tokens (B, M, H) to place right after the question."""
+        all real) -> tokens (B, M, H) to place right after the question. ``decision`` (B, 2) in [0, 1]:
+        the [gate, yes] to use instead of the reader's own (training); ignored without ``decides``."""
+        return self.read(scene, question, question_mask, decision=decision)[0]
+
+    def read(
+        self,
+        scene: Tensor,
+        question: Tensor,
+        question_mask: Tensor | None = None,
+        *,
+        decision: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """As ``forward``, and the [gate, yes] logits (B, 2) (None without ``decides``)."""
         if scene.ndim != 3 or question.ndim != 3 or scene.shape[0] != question.shape[0]:
             raise ValueError(
                 f"scene (B, K, H) and question (B, T, H) must share B, got {tuple(scene.shape)} and "
@@ -63,4 +110,39 @@ class QuestionReader(nn.Module):
         for attn, ff in self.layers:
             x = attn(media, x, log_weights) + x
             x = ff(x) + x
-        return self.out_proj(self.norm(x))
+        tokens = self.out_proj(self.norm(x))
+        if self.decision is None:
+            return tokens, None
+        logits = self.decision(scene, question.to(scene.dtype), question_mask)
+        chosen = torch.sigmoid(logits) if decision is None else decision.to(tokens.dtype)
+        gate, yes = chosen[:, 0, None, None], chosen[:, 1, None, None]
+        return tokens + gate * (yes * self.yes_tokens + (1 - yes) * self.no_tokens), logits
+
+
+class YesNoDecision(nn.Module):
+    """[gate, yes] logits of a yes/no question about a scene, factored into a question part and a
+    scene part (so a new wording only has to be read right, not re-learned with every scene).
+
+    question (B, T, H) masked mean -> LayerNorm -> Linear -> gate logit (B,) and, per label, the
+    logit that the question's predicate holds for it (B, N); scene (B, K, H) -> its own activity head
+    (the scene model's head's shape, started from its weights by training) -> P(label) (B, N);
+    P(yes) = sum_l P(label l) sigmoid(holds_l), returned as a logit.
+    """
+
+    def __init__(self, *, lm_dim: int, num_labels: int):
+        super().__init__()
+        self.question_norm = nn.LayerNorm(lm_dim)
+        self.asks = nn.Linear(lm_dim, 1 + num_labels)
+        self.activity = ActivityHead(dim=lm_dim, num_labels=num_labels)
+
+    def forward(self, scene: Tensor, question: Tensor, question_mask: Tensor | None = None) -> Tensor:
+        """scene (B, K, H), question (B, T, H), question_mask (B, T) bool -> logits (B, 2) [gate, yes]."""
+        if question_mask is None:
+            pooled = question.mean(dim=1)
+        else:
+            weights = question_mask.to(question.dtype)[..., None]
+            pooled = (question * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        asks = self.asks(self.question_norm(pooled))
+        p_label = self.activity(scene).softmax(dim=-1)
+        p_yes = (p_label * torch.sigmoid(asks[:, 1:])).sum(dim=-1).clamp(1e-6, 1 - 1e-6)
+        return torch.stack([asks[:, 0], torch.log(p_yes) - torch.log1p(-p_yes)], dim=1)

@@ -59,6 +59,7 @@ from frozen_vlm_perception.nn.reader import QuestionReader
 from frozen_vlm_perception.questions import (
     FAMILY_NAMES,
     GENERAL_TRAINING_QUESTIONS,
+    YES_NO_PREDICATE,
     families_for,
     make_qa,
     scene_caption,
@@ -120,6 +121,8 @@ def train_adapter(
     ``out_dir`` (default: ``model_dir`` itself). ``language``: an already loaded FrozenLanguageModel
     (default: the one the model's config names)."""
     train.validate()
+    if train.only_decision:  # the decision is part of the reader, and only it learns
+        train = replace(train, only_reader=True, reader_decision=True)
     ctx = ctx or distributed.setup(train.device)
     set_seed(train.seed)
     model_dir = Path(model_dir)
@@ -159,6 +162,13 @@ def train_adapter(
         config = replace(config, reader=replace(config.reader, num_tokens=train.reader_tokens))
     if train.only_reader and config.reader.num_tokens == 0:
         raise ConfigError(f"only_reader: {model_dir} has no question reader; add one with reader_tokens")
+    new_decision = train.reader_decision and not config.reader.decision
+    if new_decision:
+        if config.reader.num_tokens == 0:
+            raise ConfigError(
+                f"reader_decision: {model_dir} has no question reader; add one with reader_tokens"
+            )
+        config = replace(config, reader=replace(config.reader, decision=True))
     scene_model = SceneModel(
         config=config,
         vision_dim=dims["vision_dim"],
@@ -170,9 +180,12 @@ def train_adapter(
         reinit_stage2_parts(scene_model, seed=train.seed)
     else:  # a gate or reader new to the folder keeps its fresh init (the folder's alpha; zero tokens)
         new_parts = (("fusion.gate.",) if new_gate else ()) + (("reader.",) if new_reader else ())
+        new_parts += DECISION_PARTS if new_decision else ()
         load_state_into(model_dir, scene_model, allow_missing=new_parts)
     scene_model.to(ctx.device)
     language = language if language is not None else _load_language(config, ctx.device)
+    if new_decision or (train.reinit and config.reader.decision):
+        start_decision(scene_model, language)
     if language.hidden_size != dims["lm_dim"]:
         raise CheckpointError(
             f"{model_dir}: lm_dim {dims['lm_dim']}, the language model's width is {language.hidden_size}"
@@ -181,6 +194,11 @@ def train_adapter(
     if train.only_reader:
         scene_model.requires_grad_(False)
         scene_model.reader.requires_grad_(True)
+    if train.only_decision:  # the reader's free tokens stay too: only yes/no answers can change
+        scene_model.reader.requires_grad_(False)
+        reader = scene_model.reader
+        for part in (reader.decision, reader.yes_tokens, reader.no_tokens):
+            part.requires_grad_(True)
     model = ctx.wrap(scene_model)
     optimizer = adamw(scene_model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
 
@@ -287,6 +305,24 @@ def train_adapter(
         _write_folder(out_dir, scene_model, config, metadata, report, history, stage=stage)
     ctx.barrier()
     return AdapterResult(model_dir=out_dir, best=best["metrics"], history=history, report=report)
+
+
+# The parameters a decision adds to a reader (nn/reader.py), and the texts its token sets start at.
+DECISION_PARTS = ("reader.decision.", "reader.yes_tokens", "reader.no_tokens")
+DECISION_START_TEXTS = ("Answer: yes.", "Answer: no.")
+
+
+def start_decision(scene_model: SceneModel, language) -> None:
+    """Start a new reader decision: its activity head as a copy of the scene model's (trained), its
+    yes and no token sets (M, H) at the LM's embeddings of DECISION_START_TEXTS (tiled, then cut to
+    M): word-like vectors of the LM's own scale for the LM loss to refine."""
+    reader = scene_model.reader
+    reader.decision.activity.load_state_dict(scene_model.head.state_dict())
+    with torch.no_grad():
+        for tokens, text in zip((reader.yes_tokens, reader.no_tokens), DECISION_START_TEXTS, strict=True):
+            ids = language.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = (ids * (len(tokens) // len(ids) + 1))[: len(tokens)]
+            tokens.copy_(language.embed_ids(torch.tensor(ids)).to(tokens))
 
 
 def freeze_for_stage2(scene_model: SceneModel) -> dict[str, Tensor]:
@@ -441,6 +477,16 @@ def _train_step(
         if gate is not None:
             loss = loss + train.gate_weight * gate
             losses["gate"] = gate.detach().item()
+    reader = _unwrap(model).reader
+    if reader is not None and reader.decides and train.decision_weight > 0 and not caption_only:
+        known = batch["label"] >= 0
+        if known.any():
+            names = [task.labels[int(i)] for i in batch["label"][known]]
+            decision = decision_loss(
+                task, reader, out.latents[known.to(device)], names, rng, train.decision_questions
+            )
+            loss = loss + train.decision_weight * decision
+            losses["decision"] = decision.detach().item()
     if with_lm and not caption_only:
         lm = lm_loss(task, out.latents, batch, has_vision, train.lm_batch_size, rng, _unwrap(model).reader)
         if lm is not None:
@@ -513,10 +559,11 @@ def lm_loss(
     chosen = [i for i, lab in enumerate(labels) if lab >= 0][:limit]
     if not chosen:
         return None
-    questions, answers = [], []
+    questions, answers, decisions = [], [], []
     for n, i in enumerate(chosen):
         place = task.place(int(batch["place_id"][i]))
         vision = bool(has_vision[i])
+        family = None  # a general question
         if rng is not None and task.general and rng.random() < task.p_general:
             question, answer = rng.choice(task.general)
         elif rng is not None:
@@ -525,28 +572,96 @@ def lm_loss(
                 task.labels[labels[i]], place, has_vision=vision, rng=rng, family=family,
                 place_everywhere=task.answers_name_place,
             )  # fmt: skip
-            question, answer = qa.question, qa.answer
+            question, answer, family = qa.question, qa.answer, qa.family
         else:
             possible = families_for(place, has_vision=vision)
-            family = possible[n % len(possible)]
             qa = make_qa(
-                task.labels[labels[i]], place, has_vision=vision, family=family, index=n,
-                place_everywhere=task.answers_name_place,
+                task.labels[labels[i]], place, has_vision=vision, family=possible[n % len(possible)],
+                index=n, place_everywhere=task.answers_name_place,
             )  # fmt: skip
-            question, answer = qa.question, qa.answer
+            question, answer, family = qa.question, qa.answer, qa.family
         questions.append(question)
         answers.append(answer)
+        decisions.append(true_decision(family, question, task.labels[labels[i]]))
     weight = task.first_token_weight if rng is not None else 1.0  # validation: the plain mean
-    after = None if reader is None else read_questions(task, reader, latents[chosen], questions)
+    # A deciding reader is fed the true decision, so this loss teaches the LM to read its token sets
+    # (its own choice is taught by decision_loss).
+    after = None if reader is None else read_questions(
+        task, reader, latents[chosen], questions,
+        decision=torch.tensor(decisions) if reader.decides else None,
+    )  # fmt: skip
     return task.language.answer_loss(
         latents[chosen], questions, answers, after_question=after, first_token_weight=weight
     )
 
 
-def read_questions(task: LmTask, reader: QuestionReader, latents: Tensor, questions: list[str]) -> Tensor:
-    """The reader's tokens (B, M, H) for scenes' latents (B, L, H) and their questions."""
+def read_questions(
+    task: LmTask,
+    reader: QuestionReader,
+    latents: Tensor,
+    questions: list[str],
+    *,
+    decision: Tensor | None = None,
+) -> Tensor:
+    """The reader's tokens (B, M, H) for scenes' latents (B, L, H) and their questions (``decision``
+    (B, 2): the [gate, yes] a deciding reader uses instead of its own)."""
     embeds, mask = task.language.question_embeddings(questions)
-    return reader(latents, embeds.to(latents.device, latents.dtype), mask.to(latents.device))
+    if decision is not None:
+        decision = decision.to(latents.device)
+    embeds = embeds.to(latents.device, latents.dtype)
+    return reader(latents, embeds, mask.to(latents.device), decision=decision)
+
+
+def true_decision(family: str | None, question: str, label: str) -> tuple[float, float]:
+    """The [gate, yes] a deciding reader should reach: (1, truth) for a yes/no question about the
+    scene, (0, 0) for any other (``family`` None: a general question)."""
+    if family != "yes_no":
+        return 0.0, 0.0
+    return 1.0, float(yes_no_truth(question, label))
+
+
+# What the reader's gate must say no to: every other family's trained wordings and the general
+# training questions (none of evaluation's or validation's wordings).
+GATE_NEGATIVES: tuple[str, ...] = tuple(
+    q for family in FAMILY_NAMES if family != "yes_no" for q in wordings(family)
+) + GENERAL_TRAINING_QUESTIONS
+
+
+def decision_loss(
+    task: LmTask,
+    reader: QuestionReader,
+    latents: Tensor,
+    labels: list[str],
+    rng: random.Random,
+    per_scene: int,
+) -> Tensor:
+    """The deciding reader's own loss: ``per_scene`` random questions about each scene (latents
+    (B, L, H), true ``labels``), half of them trained yes/no wordings (yes and no equally often),
+    half other questions; binary cross-entropy of the gate on all and of the yes logit on the yes/no
+    ones. No LM forward: a few milliseconds for a batch's questions."""
+    rows, questions, targets = [], [], []
+    yes_no = wordings("yes_no")
+    for row, label in enumerate(labels):
+        for _ in range(per_scene):
+            if rng.random() < 0.5:
+                want = rng.random() < 0.5
+                options = [q for q in yes_no if yes_no_truth(q, label) == want] or yes_no
+                question = rng.choice(options)
+                targets.append(true_decision("yes_no", question, label))
+            else:
+                question = rng.choice(GATE_NEGATIVES)
+                targets.append(true_decision(None, question, label))
+            rows.append(row)
+            questions.append(question)
+    embeds, mask = task.language.question_embeddings(questions)
+    _, logits = reader.read(
+        latents[rows], embeds.to(latents.device, latents.dtype), mask.to(latents.device)
+    )
+    target = torch.tensor(targets, device=logits.device, dtype=logits.dtype)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    gate = bce(logits[:, 0], target[:, 0])
+    asked = target[:, 0] > 0.5
+    return gate + (bce(logits[asked, 1], target[asked, 1]) if asked.any() else 0.0)
 
 
 def yes_no_question(label: str, n: int) -> tuple[str, bool] | None:
@@ -723,6 +838,8 @@ def evaluate_adapter(
         right, asked = right + r, asked + a
     reduced = ctx.mean({"val_yes_no_acc": right / max(asked, 1)}, weight=float(asked))
     metrics["val_yes_no_acc"] = reduced["val_yes_no_acc"]
+    if scene_model.reader is not None and scene_model.reader.decides:
+        metrics.update(_decision_accuracy(scene_model, task, val_set, labels, config, train, ctx))
     if train.val_answer_samples > 0:
         metrics.update(_answer_accuracy(scene_model, task, val_set, labels, config, train, ctx))
     metrics["val_loss"] = train.ce_weight * metrics["val_ce"] + train.lm_weight * metrics["val_lm_loss"]
@@ -736,6 +853,43 @@ def spread_labelled(labels: Tensor, limit: int) -> Tensor:
     if len(labelled) > limit:
         labelled = labelled[torch.linspace(0, len(labelled) - 1, limit).round().long()]
     return labelled
+
+
+def _decision_accuracy(
+    scene_model: SceneModel,
+    task: LmTask,
+    val_set: EmbeddingSet,
+    labels: Tensor,
+    config: ModelConfig,
+    train: AdapterTrainConfig,
+    ctx: distributed.DistContext,
+) -> dict[str, float]:
+    """The deciding reader's own choices on validation wordings (never trained): every yes/no one
+    about ``val_yes_no_samples`` scenes (val_decision_yes_no: the gate says yes/no *and* the yes logit
+    is right), and every other family's (val_decision_gate: the gate says it is not yes/no)."""
+    labelled = spread_labelled(labels, train.val_yes_no_samples)[ctx.rank :: ctx.world_size]
+    names = [config.labels[int(i)] for i in labels[labelled]]
+    others = [q for family in FAMILY_NAMES if family != "yes_no" for q in wordings(family, validation=True)]
+    right = {"yes_no": [0, 0], "gate": [0, 0]}
+    for part in torch.arange(len(labelled)).split(train.lm_batch_size * 4):
+        latents = _forward(scene_model, val_set, labelled[part], "fused", ctx.device).latents
+        for question in wordings("yes_no", validation=True) + tuple(others):
+            embeds, mask = task.language.question_embeddings([question] * len(part))
+            _, logits = scene_model.reader.read(latents, embeds.to(latents), mask.to(latents.device))
+            says = (logits > 0).tolist()
+            for n, (gate, yes) in zip(part.tolist(), says, strict=True):
+                want_gate, want_yes = true_decision(
+                    "yes_no" if question in YES_NO_PREDICATE else None, question, names[n]
+                )
+                key = "yes_no" if want_gate else "gate"
+                right[key][0] += int(gate == bool(want_gate) and (not want_gate or yes == bool(want_yes)))
+                right[key][1] += 1
+    packed = torch.tensor([[*right["yes_no"], *right["gate"]]], dtype=torch.float64, device=ctx.device)
+    total = ctx.gather_rows(packed).sum(dim=0).tolist()
+    return {
+        "val_decision_yes_no": total[0] / max(total[1], 1),
+        "val_decision_gate": total[2] / max(total[3], 1),
+    }
 
 
 # Greedy answers of the validation questions stop here: "The person is walking upstairs next to an
@@ -940,6 +1094,11 @@ def _eval_line(record: dict[str, float], improved: bool, monitor: str) -> str:
         f"{record['val_acc_fused']:.3f}/{record['val_acc_vision']:.3f}/{record['val_acc_imu']:.3f}  "
         f"yes/no {record.get('val_yes_no_acc', float('nan')):.3f}"
         + (_answers_text(record) if "val_answer_acc" in record else "")
+        + (
+            f"  decision yes/no {record['val_decision_yes_no']:.3f} gate {record['val_decision_gate']:.3f}"
+            if "val_decision_yes_no" in record
+            else ""
+        )
         + (f"  * best {monitor}" if improved else "")
     )
 

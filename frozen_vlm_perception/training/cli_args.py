@@ -154,6 +154,21 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="train the question reader alone; the folder's fusion, adapter and head stay as they are",
     )
+    stage.add_argument(
+        "--reader-decision",
+        action="store_true",
+        default=None,
+        help="give the question reader its own yes/no decision (a gate and a yes logit with their own "
+        "loss, choosing between two learned token sets)",
+    )
+    stage.add_argument(
+        "--only-decision",
+        action="store_true",
+        default=None,
+        help="train the reader's yes/no decision alone (implies --only-reader --reader-decision)",
+    )
+    _option(stage, defaults, "decision_weight", float, "weight of the reader's decision loss")
+    _option(stage, defaults, "decision_questions", int, "questions per labelled sample for the decision loss")
 
 
 def add_fusion_arguments(parser: argparse.ArgumentParser) -> None:

@@ -121,6 +121,16 @@ class AdapterTrainConfig:
     # Train the question reader alone: the scene model (fusion, adapter, head, alpha) stays as the
     # folder has it, so labels and latents do not change and only the answers can.
     only_reader: bool = False
+    # Give the folder's question reader its own yes/no decision (config.ReaderConfig.decision): a gate
+    # and a yes logit that pick one of two learned token sets, taught by their own cross-entropy on
+    # ``decision_questions`` questions per labelled sample and step (no LM forward, so thousands a
+    # minute), while the LM loss, fed the true decision, teaches the token sets.
+    reader_decision: bool = False
+    decision_weight: float = 1.0
+    decision_questions: int = 8
+    # Train the reader's decision alone (implies only_reader and reader_decision): everything else,
+    # the reader's free tokens included, stays as the folder has it, so only yes/no answers change.
+    only_decision: bool = False
     # After the adapter is chosen: steps that refit the activity head alone on its latents (0: none).
     head_steps: int = 1000
     val_every: int = 200  # validate every n steps; 0: after every epoch
@@ -173,7 +183,9 @@ class AdapterTrainConfig:
             raise ConfigError(f"monitor must be one of {sorted(ADAPTER_MONITORS)}, got {self.monitor!r}")
         if not 0 <= self.reader_tokens <= 64:
             raise ConfigError(f"reader_tokens must lie in [0, 64], got {self.reader_tokens}")
-        if self.only_reader and (self.reinit or self.adapter or self.fusion):
+        if self.decision_weight < 0 or self.decision_questions < 1:
+            raise ConfigError("decision_weight must be >= 0 and decision_questions >= 1")
+        if (self.only_reader or self.only_decision) and (self.reinit or self.adapter or self.fusion):
             raise ConfigError("only_reader keeps the folder's scene model: no reinit, adapter or fusion")
 
 

@@ -7,14 +7,15 @@ import torch
 
 from frozen_vlm_perception.config import ConfigError, ModelConfig, ReaderConfig
 from frozen_vlm_perception.nn.model import SceneModel
-from frozen_vlm_perception.nn.reader import QuestionReader
+from frozen_vlm_perception.nn.reader import QuestionReader, YesNoDecision
 
 H = 32
 
 
 def reader(**kw) -> QuestionReader:
     torch.manual_seed(0)
-    module = QuestionReader(config=ReaderConfig(num_tokens=3, dim=16, heads=2, dim_head=8, **kw), lm_dim=H)
+    config = ReaderConfig(num_tokens=3, dim=16, heads=2, dim_head=8, **kw)
+    module = QuestionReader(config=config, lm_dim=H, num_labels=4)
     return module.eval()
 
 
@@ -61,3 +62,64 @@ def test_scene_model_has_a_reader_only_when_configured():
     assert with_reader.reader is not None and with_reader.reader.num_tokens == 2
     with pytest.raises(ConfigError, match="reader.num_tokens"):
         ModelConfig(reader=ReaderConfig(num_tokens=-1)).validate()
+
+
+def deciding(**kw) -> QuestionReader:
+    module = trained(reader(decision=True, **kw))
+    with torch.no_grad():
+        module.yes_tokens.normal_(0, 1)
+        module.no_tokens.normal_(0, 1)
+    return module
+
+
+def test_a_decision_picks_the_yes_or_the_no_tokens_by_its_gate():
+    module = deciding()
+    scene, question = torch.randn(2, 5, H), torch.randn(2, 7, H)
+    plain = reader()
+    plain.load_state_dict(module.state_dict(), strict=False)  # the same weights, without a decision
+    free = plain(scene, question)
+    tokens, logits = module.read(scene, question)
+    assert logits.shape == (2, 2)
+    torch.testing.assert_close(module(scene, question), tokens)
+    forced = {
+        (gate, yes): module(scene, question, decision=torch.tensor([[gate, yes]] * 2))
+        for gate in (0.0, 1.0)
+        for yes in (0.0, 1.0)
+    }
+    torch.testing.assert_close(forced[(0.0, 1.0)], free)  # gate shut: the free tokens alone
+    torch.testing.assert_close(forced[(0.0, 0.0)], free)
+    torch.testing.assert_close(forced[(1.0, 1.0)], free + module.yes_tokens)
+    torch.testing.assert_close(forced[(1.0, 0.0)], free + module.no_tokens)
+    # Its own decision: the sigmoid of its logits mixes the two sets.
+    gate, yes = torch.sigmoid(logits).unbind(dim=1)
+    gate, yes = gate[:, None, None], yes[:, None, None]
+    mixed = gate * (yes * module.yes_tokens + (1 - yes) * module.no_tokens)
+    torch.testing.assert_close(tokens, free + mixed)
+
+
+def test_a_reader_without_a_decision_has_no_decision_parameters():
+    plain = reader()
+    assert not plain.decides and plain.read(torch.randn(1, 5, H), torch.randn(1, 7, H))[1] is None
+    assert not any(k.startswith(("decision", "yes_tokens", "no_tokens")) for k in plain.state_dict())
+    assert {"decision.asks.weight", "yes_tokens", "no_tokens"} <= set(deciding().state_dict())
+    with pytest.raises(ValueError, match="num_labels"):
+        QuestionReader(config=ReaderConfig(num_tokens=2, decision=True), lm_dim=H)
+
+
+def test_p_yes_is_the_scene_probability_of_the_labels_the_question_asks_about():
+    torch.manual_seed(1)
+    decision = YesNoDecision(lm_dim=H, num_labels=4)
+    scene, question = torch.randn(3, 5, H), torch.randn(3, 7, H)
+    mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4, [True] * 5 + [False] * 2])
+    logits = decision(scene, question, mask)
+    p_label = decision.activity(scene).softmax(dim=-1)
+    for b in range(3):
+        pooled = question[b, mask[b]].mean(dim=0)  # padding never read
+        asks = decision.asks(decision.question_norm(pooled))
+        p_yes = (p_label[b] * torch.sigmoid(asks[1:])).sum()
+        want = torch.stack([asks[0], torch.logit(p_yes)])
+        torch.testing.assert_close(logits[b], want, rtol=1e-4, atol=1e-5)
+    # The gate reads the question alone: another scene moves only the yes.
+    other = decision(torch.randn(3, 5, H), question, mask)
+    torch.testing.assert_close(other[:, 0], logits[:, 0])
+    assert not torch.allclose(other[:, 1], logits[:, 1])

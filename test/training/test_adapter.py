@@ -17,9 +17,12 @@ from frozen_vlm_perception.nn.vision import build_vision_encoder
 from frozen_vlm_perception.pipeline import PerceptionPipeline
 from frozen_vlm_perception.questions import STANDARD_QUESTION
 from frozen_vlm_perception.training.adapter import (
+    DECISION_PARTS,
+    GATE_NEGATIVES,
     LmTask,
     _write_report,
     answers_correct,
+    decision_loss,
     jittered_alpha,
     pooled_latents,
     refit_head,
@@ -457,6 +460,21 @@ def test_only_reader_trains_a_new_question_reader_and_keeps_the_scene_model(
     with pytest.raises(ConfigError, match="has no question reader"):
         train_adapter(data=data, model_dir=start, train=again, out_dir=tmp_path / "y", language=tiny_lm)
 
+    # --only-decision adds the reader's yes/no decision and trains it alone: every weight the folder
+    # had (the reader's free tokens included) is saved bit-identical.
+    decide = dataclasses.replace(again, max_steps=2, val_every=2, only_decision=True, p_yes_no=1.0)
+    decided = train_adapter(data=data, model_dir=out, train=decide, out_dir=tmp_path / "d", language=tiny_lm)
+    before, after = after, load_file(tmp_path / "d" / "model.safetensors")
+    added = set(after) - set(before)
+    assert added and all(k.startswith(DECISION_PARTS) for k in added), added
+    for key, value in before.items():
+        assert torch.equal(after[key], value), f"{key} changed although only the decision trains"
+    assert read_checkpoint_config(tmp_path / "d")[0].reader.decision
+    evals = decided.history.evals
+    assert all(0 <= e["val_decision_yes_no"] <= 1 and 0 <= e["val_decision_gate"] <= 1 for e in evals)
+    assert any("decision" in step for step in decided.history.steps)
+    assert PerceptionPipeline.from_model_dir(tmp_path / "d", device="cpu").scene_model.reader.decides
+
 
 def test_head_refit_moves_only_the_head_and_keeps_its_best_validation_state(
     tmp_path, tiny_bags, tiny_lm_folder, embedding_cache
@@ -578,3 +596,86 @@ def test_validation_yes_no_questions_are_balanced_and_scored_by_the_first_answer
     assert 0 < right < asked  # a random LM is neither always right nor always wrong here
     # A label without any wording is left out of the count, not scored.
     assert yes_no_correct(task, None, latents[:2], ["jumping", "walking"], start=0)[1] == 1
+
+
+def test_the_reader_decision_learns_yes_and_no_for_wordings_it_never_trained_on(language_model):
+    """decision_loss alone (no LM forward), on scenes whose latents say their label: trained on the
+    trained wordings only, the reader's gate and yes must be right for the *validation* wordings of
+    every family (never trained), with the real LM's embeddings of the questions."""
+    from frozen_vlm_perception.config import ReaderConfig
+    from frozen_vlm_perception.nn.reader import QuestionReader
+    from frozen_vlm_perception.questions import FAMILY_NAMES, YES_NO_PREDICATE, wordings
+    from frozen_vlm_perception.training.adapter import true_decision
+
+    labels = list(DEFAULT_ACTIVITY_LABELS)
+    hidden = language_model.hidden_size
+    torch.manual_seed(0)
+    prototypes = torch.randn(len(labels), 2, hidden)
+    reader = QuestionReader(config=ReaderConfig(num_tokens=2, dim=32, decision=True), lm_dim=hidden,
+                            num_labels=len(labels))  # fmt: skip
+    task = LmTask(language=language_model, labels=labels, place_names=[], num_tokens=2)
+    optimizer = torch.optim.AdamW(reader.decision.parameters(), lr=1e-2)
+    rng = random.Random(0)
+    for _ in range(150):
+        index = torch.randint(len(labels), (16,))
+        latents = prototypes[index] + 0.1 * torch.randn(16, 2, hidden)
+        loss = decision_loss(task, reader, latents, [labels[i] for i in index], rng, 4)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not set(GATE_NEGATIVES) & {q for f in FAMILY_NAMES for q in wordings(f, validation=True)}
+    unseen = [q for f in FAMILY_NAMES for q in wordings(f, validation=True) + wordings(f, held_out=True)]
+    wrong = []
+    with torch.no_grad():
+        for question in unseen:
+            embeds, mask = language_model.question_embeddings([question] * len(labels))
+            _, logits = reader.read(prototypes, embeds, mask)
+            for label, (gate, yes) in zip(labels, (logits > 0).tolist(), strict=True):
+                family = "yes_no" if question in YES_NO_PREDICATE else None
+                want_gate, want_yes = true_decision(family, question, label)
+                if gate != bool(want_gate) or (want_gate and yes != bool(want_yes)):
+                    wrong.append((question, label, gate, yes))
+    assert len(wrong) <= len(unseen) * len(labels) // 20, wrong  # at least 95% right
+
+
+def test_lm_loss_feeds_a_deciding_reader_the_true_decision(tiny_lm, monkeypatch):
+    """The LM loss teaches the token sets of the decision, so it reads them under the true [gate, yes]:
+    (1, truth) for every yes/no question (drawn by p_yes_no or by the uniform family choice), (0, 0)
+    for every other question."""
+    from frozen_vlm_perception.config import ReaderConfig
+    from frozen_vlm_perception.nn.reader import QuestionReader
+    from frozen_vlm_perception.questions import YES_NO_PREDICATE, yes_no_truth
+    from frozen_vlm_perception.training.adapter import lm_loss
+
+    labels = ["sitting", "walking"]
+    config = ReaderConfig(num_tokens=2, dim=16, decision=True)
+    reader = QuestionReader(config=config, lm_dim=tiny_lm.hidden_size, num_labels=2)
+    seen: list[torch.Tensor] = []
+    real_loss, real_read = tiny_lm.answer_loss, reader.read
+
+    def read(scene, question, mask=None, *, decision=None):
+        seen.append(decision.clone())
+        return real_read(scene, question, mask, decision=decision)
+
+    asked: list[list[str]] = []
+    monkeypatch.setattr(reader, "read", read)
+    monkeypatch.setattr(
+        tiny_lm, "answer_loss", lambda z, q, a, **kw: asked.append(list(q)) or real_loss(z, q, a, **kw)
+    )
+    task = LmTask(language=tiny_lm, labels=labels, place_names=["cat"], num_tokens=2, p_yes_no=0.3,
+                  general=(("What is 3 plus 4?", "7"),), p_general=0.2)  # fmt: skip
+    batch = {"label": torch.tensor([0, 1] * 4), "place_id": torch.zeros(8, dtype=torch.long)}
+    rng = random.Random(0)
+    for _ in range(20):
+        latents = torch.randn(8, 2, tiny_lm.hidden_size)
+        lm_loss(task, latents, batch, torch.ones(8, dtype=torch.bool), 8, rng, reader)
+    kinds = set()
+    for questions, decisions in zip(asked, seen, strict=True):
+        for row, (question, (gate, yes)) in enumerate(zip(questions, decisions.tolist(), strict=True)):
+            if question in YES_NO_PREDICATE:
+                assert (gate, yes) == (1.0, float(yes_no_truth(question, labels[row % 2]))), question
+                kinds.add(("yes_no", yes))
+            else:
+                assert (gate, yes) == (0.0, 0.0), question
+                kinds.add(("other", question == "What is 3 plus 4?"))
+    assert kinds == {("yes_no", 1.0), ("yes_no", 0.0), ("other", True), ("other", False)}

@@ -123,10 +123,13 @@ class YesNoDecision(nn.Module):
     """[gate, yes] logits of a yes/no question about a scene, factored into a question part and a
     scene part (so a new wording only has to be read right, not re-learned with every scene).
 
-    question (B, T, H) masked mean -> LayerNorm -> Linear -> gate logit (B,) and, per label, the
-    logit that the question's predicate holds for it (B, N); scene (B, K, H) -> its own activity head
-    (the scene model's head's shape, started from its weights by training) -> P(label) (B, N);
-    P(yes) = sum_l P(label l) sigmoid(holds_l), returned as a logit.
+    Question: every token (B, T, H) scores the gate and, per label, whether the question's
+    predicate holds for it (LayerNorm -> Linear, (B, T, 1 + N)), pooled over the real tokens by a
+    log-mean-exp, a soft maximum: the words that decide ("sitting", "stairs") speak loudest, and
+    words that no trained wording had ("at the moment", "on the ground") do not dilute them as a
+    mean of the embeddings did (unseen wordings read right: 9 of 9 against 5 of 9, docs/ANSWERS.md).
+    Scene: its own activity head (the scene model's head's shape, started from its weights by
+    training) -> P(label) (B, N). P(yes) = sum_l P(label l) sigmoid(holds_l), returned as a logit.
     """
 
     def __init__(self, *, lm_dim: int, num_labels: int):
@@ -135,14 +138,19 @@ class YesNoDecision(nn.Module):
         self.asks = nn.Linear(lm_dim, 1 + num_labels)
         self.activity = ActivityHead(dim=lm_dim, num_labels=num_labels)
 
+    def question_scores(self, question: Tensor, question_mask: Tensor | None = None) -> Tensor:
+        """question (B, T, H), question_mask (B, T) bool -> pooled logits (B, 1 + N): [gate, holds...]."""
+        scores = self.asks(self.question_norm(question))
+        if question_mask is None:
+            question_mask = torch.ones(question.shape[:2], dtype=torch.bool, device=question.device)
+        mask = question_mask.bool().to(question.device)[..., None]
+        count = mask.sum(dim=1).clamp(min=1).to(scores.dtype)
+        pooled = torch.logsumexp(scores.masked_fill(~mask, float("-inf")), dim=1) - torch.log(count)
+        return pooled
+
     def forward(self, scene: Tensor, question: Tensor, question_mask: Tensor | None = None) -> Tensor:
         """scene (B, K, H), question (B, T, H), question_mask (B, T) bool -> logits (B, 2) [gate, yes]."""
-        if question_mask is None:
-            pooled = question.mean(dim=1)
-        else:
-            weights = question_mask.to(question.dtype)[..., None]
-            pooled = (question * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        asks = self.asks(self.question_norm(pooled))
+        asks = self.question_scores(question, question_mask)
         p_label = self.activity(scene).softmax(dim=-1)
         p_yes = (p_label * torch.sigmoid(asks[:, 1:])).sum(dim=-1).clamp(1e-6, 1 - 1e-6)
         return torch.stack([asks[:, 0], torch.log(p_yes) - torch.log1p(-p_yes)], dim=1)

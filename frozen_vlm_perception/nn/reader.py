@@ -128,8 +128,9 @@ class YesNoDecision(nn.Module):
     log-mean-exp, a soft maximum: the words that decide ("sitting", "stairs") speak loudest, and
     words that no trained wording had ("at the moment", "on the ground") do not dilute them as a
     mean of the embeddings did (unseen wordings read right: 9 of 9 against 5 of 9, docs/ANSWERS.md).
-    Scene: its own activity head (the scene model's head's shape, started from its weights by
-    training) -> P(label) (B, N). P(yes) = sum_l P(label l) sigmoid(holds_l), returned as a logit.
+    Scene: a copy of the scene model's activity head (kept equal to it by training, so P(label) is
+    what ActivityLabel publishes) -> P(label) (B, N).
+    P(yes) = sum_l P(label l) sigmoid(holds_l), returned as a logit.
     """
 
     def __init__(self, *, lm_dim: int, num_labels: int):

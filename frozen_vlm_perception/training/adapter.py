@@ -92,6 +92,12 @@ STAGE = "adapter"
 PLOT_FILE = "train_adapter.png"
 READER_STAGE = "reader"  # only_reader: the question reader trained alone on a finished folder
 READER_PLOT_FILE = "train_reader.png"
+DECISION_STAGE = "decision"  # only_decision: the reader's yes/no decision trained alone
+DECISION_PLOT_FILE = "train_decision.png"
+# The records (train_report.json, config.json's training metadata) and plots a folder trained on by
+# each stage keeps from the folder it started from: those that still describe its parts.
+_KEPT_RECORDS = {STAGE: (), READER_STAGE: (STAGE, "fusion"), DECISION_STAGE: (STAGE, "fusion", READER_STAGE)}
+_PLOTS = {STAGE: PLOT_FILE, READER_STAGE: READER_PLOT_FILE, DECISION_STAGE: DECISION_PLOT_FILE}
 MODES = ("fused", "vision", "imu")
 HEAD_BATCH = 64  # head refit: samples per step
 HEAD_VAL_EVERY = 50  # head refit: steps between validations
@@ -199,6 +205,12 @@ def train_adapter(
         reader = scene_model.reader
         for part in (reader.decision, reader.yes_tokens, reader.no_tokens):
             part.requires_grad_(True)
+    if scene_model.reader is not None and scene_model.reader.decides:
+        # The decision's P(label) is the scene model's head's, never its own: left free, the copy
+        # merged walking upstairs and downstairs (no trained predicate tells them apart), the
+        # downstairs row of each predicate went unlearned, and every "Is the person moving?" about a
+        # walking-downstairs scene was answered no. A frozen copy, synced before the folder is written.
+        scene_model.reader.decision.activity.requires_grad_(False)
     model = ctx.wrap(scene_model)
     optimizer = adamw(scene_model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
 
@@ -293,6 +305,8 @@ def train_adapter(
     if not train.only_reader:
         fusion_record = choose_fusion(scene_model, val_set, list(config.labels), ctx.device)
         say(ctx, "fusion weight on the validation data:\n" + sweep_table(fusion_record))
+    if scene_model.reader is not None and scene_model.reader.decides:
+        scene_model.reader.decision.activity.load_state_dict(scene_model.head.state_dict())
     config = scene_model.config
     frozen_ok = _same_state(frozen_imu, scene_model.imu_encoder.state_dict())
     if not frozen_ok:  # cannot happen unless someone unfreezes it; never ship a silently changed encoder
@@ -301,7 +315,7 @@ def train_adapter(
     report["fusion"] = fusion_record
     report["head_refit"] = head_record
     if ctx.is_main:
-        stage = READER_STAGE if train.only_reader else STAGE
+        stage = DECISION_STAGE if train.only_decision else READER_STAGE if train.only_reader else STAGE
         _write_folder(out_dir, scene_model, config, metadata, report, history, stage=stage)
     ctx.barrier()
     return AdapterResult(model_dir=out_dir, best=best["metrics"], history=history, report=report)
@@ -313,7 +327,7 @@ DECISION_START_TEXTS = ("Answer: yes.", "Answer: no.")
 
 
 def start_decision(scene_model: SceneModel, language) -> None:
-    """Start a new reader decision: its activity head as a copy of the scene model's (trained), its
+    """Start a new reader decision: its activity head as a copy of the scene model's (frozen), its
     yes and no token sets (M, H) at the LM's embeddings of DECISION_START_TEXTS (tiled, then cut to
     M): word-like vectors of the LM's own scale for the LM loss to refine."""
     reader = scene_model.reader
@@ -1142,8 +1156,8 @@ def _write_folder(
 ) -> None:
     """The completed folder: weights + config (stage-1 metadata kept, stage 2's added), report, plot.
 
-    ``stage`` READER_STAGE (only_reader): the folder's own stage-2 record stays beside this run's, as
-    its scene model is the one that record describes."""
+    ``stage`` READER_STAGE (only_reader) or DECISION_STAGE (only_decision): the folder's own records
+    of the parts this run kept stay beside this run's (_KEPT_RECORDS)."""
     metadata = dict(metadata)
     training = dict(metadata.get("training") or {})
     training[stage] = {
@@ -1161,7 +1175,7 @@ def _write_folder(
     )
     _write_report(Path(report["from_model"]), out_dir, report, stage=stage)
     plot_history(
-        out_dir / (READER_PLOT_FILE if stage == READER_STAGE else PLOT_FILE),
+        out_dir / _PLOTS[stage],
         history,
         title=f"stage 2: adapter ({out_dir.name})",
         step_keys=["loss", "ce", "lm_loss"],
@@ -1185,9 +1199,9 @@ def _write_report(from_model: Path, out_dir: Path, report: dict, *, stage: str =
         before = json.loads((from_model / REPORT_FILE).read_text())
     except (OSError, ValueError):
         before = {}
-    # only_reader: the folder's scene model stays, and so do the records that describe it
-    kept = (ALIGN_STAGE,) if stage == STAGE else (ALIGN_STAGE, STAGE, "fusion")
-    plots = (ALIGN_PLOT,) if stage == STAGE else (ALIGN_PLOT, PLOT_FILE)
+    # only_reader / only_decision: the parts they keep stay, and so do the records that describe them
+    kept = (ALIGN_STAGE, *_KEPT_RECORDS[stage])
+    plots = (ALIGN_PLOT, *(_PLOTS[name] for name in _KEPT_RECORDS[stage] if name in _PLOTS))
     for plot in plots:
         if out_dir != from_model and (from_model / plot).is_file():
             shutil.copyfile(from_model / plot, out_dir / plot)

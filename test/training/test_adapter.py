@@ -469,7 +469,14 @@ def test_only_reader_trains_a_new_question_reader_and_keeps_the_scene_model(
     assert added and all(k.startswith(DECISION_PARTS) for k in added), added
     for key, value in before.items():
         assert torch.equal(after[key], value), f"{key} changed although only the decision trains"
-    assert read_checkpoint_config(tmp_path / "d")[0].reader.decision
+    prefix = "reader.decision.activity."
+    copy = {k[len(prefix) :]: v for k, v in after.items() if k.startswith(prefix)}
+    assert copy and all(torch.equal(v, after["head." + k]) for k, v in copy.items())  # P(label): the head's
+    stored, _, metadata = read_checkpoint_config(tmp_path / "d")
+    assert stored.reader.decision and {"reader", "decision"} <= set(metadata["training"])
+    report = json.loads((tmp_path / "d" / "train_report.json").read_text())
+    assert report["reader"]["run"] != report["decision"]["run"]  # the reader's own record stays
+    assert all((tmp_path / "d" / name).is_file() for name in ("train_decision.png", "train_reader.png"))
     evals = decided.history.evals
     assert all(0 <= e["val_decision_yes_no"] <= 1 and 0 <= e["val_decision_gate"] <= 1 for e in evals)
     assert any("decision" in step for step in decided.history.steps)

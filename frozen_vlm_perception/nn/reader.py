@@ -23,7 +23,7 @@ whether the question's predicate holds for it; from the scene alone, the activit
 P(yes) = sum over labels of P(label) * P(predicate holds for label). They pick between two learned
 token sets that are added to the free tokens,
 
-    tokens = free + sigmoid(gate) * (sigmoid(yes) * yes_tokens + (1 - sigmoid(yes)) * no_tokens)
+    tokens = free + [gate > 0] * ([yes > 0] * yes_tokens + [yes <= 0] * no_tokens)
 
 and the LM only has to learn to read two fixed patterns, the same for every wording. Training feeds
 the true gate and answer instead of the predicted ones (``decision``), so the LM learns to read the
@@ -114,7 +114,10 @@ class QuestionReader(nn.Module):
         if self.decision is None:
             return tokens, None
         logits = self.decision(scene, question.to(scene.dtype), question_mask)
-        chosen = torch.sigmoid(logits) if decision is None else decision.to(tokens.dtype)
+        # Its own decision is taken whole (logit > 0), as training feeds it: the LM learned to read the
+        # yes set and the no set, not a blend (a blend read as "no"), and a gate of 0.1 on a question
+        # that is not yes/no still added a tenth of a set to it.
+        chosen = (logits > 0).to(tokens.dtype) if decision is None else decision.to(tokens.dtype)
         gate, yes = chosen[:, 0, None, None], chosen[:, 1, None, None]
         return tokens + gate * (yes * self.yes_tokens + (1 - yes) * self.no_tokens), logits
 

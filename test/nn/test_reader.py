@@ -90,11 +90,10 @@ def test_a_decision_picks_the_yes_or_the_no_tokens_by_its_gate():
     torch.testing.assert_close(forced[(0.0, 0.0)], free)
     torch.testing.assert_close(forced[(1.0, 1.0)], free + module.yes_tokens)
     torch.testing.assert_close(forced[(1.0, 0.0)], free + module.no_tokens)
-    # Its own decision: the sigmoid of its logits mixes the two sets.
-    gate, yes = torch.sigmoid(logits).unbind(dim=1)
-    gate, yes = gate[:, None, None], yes[:, None, None]
-    mixed = gate * (yes * module.yes_tokens + (1 - yes) * module.no_tokens)
-    torch.testing.assert_close(tokens, free + mixed)
+    # Its own decision is taken whole: gate and yes by the sign of their logits.
+    for row, (gate, yes) in enumerate((logits > 0).tolist()):
+        want = forced[(float(gate), float(yes))][row] if gate else free[row]
+        torch.testing.assert_close(tokens[row], want)
 
 
 def test_a_reader_without_a_decision_has_no_decision_parameters():

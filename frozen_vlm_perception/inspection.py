@@ -312,6 +312,7 @@ class InspectedScene:
     question: str | None = None
     reader: TokenReport | None = None
     answer: str | None = None
+    decision: str | None = None  # a deciding reader's verdict on the question (nn/reader.py)
 
     def header(self) -> str:
         where = [f"stamp {self.stamp:.3f} s"]
@@ -329,6 +330,8 @@ class InspectedScene:
         lines += self.notes
         if self.question is not None:
             lines += [f"question: {self.question}", f"answer: {self.answer}"]
+            if self.decision is not None:
+                lines.append(f"reader's decision: {self.decision}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -358,7 +361,19 @@ def ask(
     answer = pipeline.answer_batch(latents, question)[0].text
     tokens = pipeline.read_question(latents, [question])
     reader = None if tokens is None else index.report(tokens[0].float().cpu(), top_k)
-    return replace(scene, question=question, reader=reader, answer=answer)
+    logits = pipeline.question_decision(latents, [question])
+    return replace(scene, question=question, reader=reader, answer=answer, decision=_decision_text(logits))
+
+
+def _decision_text(logits: torch.Tensor | None) -> str | None:
+    """"yes/no question (gate 1.00): yes (P(yes) 0.97)" from a deciding reader's [gate, yes] logits
+    (1, 2); None without a decision."""
+    if logits is None:
+        return None
+    gate, yes = torch.sigmoid(logits[0].float()).tolist()
+    if gate <= 0.5:
+        return f"not a yes/no question about the scene (gate {gate:.2f}): its free tokens alone"
+    return f"yes/no question (gate {gate:.2f}): {'yes' if yes > 0.5 else 'no'} (P(yes) {yes:.2f})"
 
 
 def _usable(sample: Any, mode: str) -> bool:

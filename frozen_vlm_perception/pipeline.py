@@ -300,6 +300,17 @@ class PerceptionPipeline:
         embeds, mask = self._language().question_embeddings(questions)
         return reader(latents.to(self.device, torch.float32), embeds.to(self.device, torch.float32), mask)
 
+    @torch.inference_mode()
+    def question_decision(self, latents: torch.Tensor, questions: list[str]) -> torch.Tensor | None:
+        """The question reader's own [gate, yes] logits (B, 2) for latents (B, K, H) and B questions
+        (nn/reader.py YesNoDecision); None when the model's reader does not decide."""
+        reader = self.scene_model.reader
+        if reader is None or not reader.decides:
+            return None
+        embeds, mask = self._language().question_embeddings(questions)
+        latents = latents.to(self.device, torch.float32)
+        return reader.read(latents, embeds.to(self.device, torch.float32), mask)[1]
+
     def _language(self):
         if self.language is None:
             raise RuntimeError("this pipeline was loaded without its language model (load_language=False)")

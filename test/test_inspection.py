@@ -119,6 +119,10 @@ def test_fvp_inspect_on_a_tiny_demo_bag(tmp_path, torch_threads, capsys):
         assert f"answer: {scene['answer']}" in printed
         reader = scene["reader"]["tokens"]
         assert len(reader) == 4 and all(len(token["nearest"]) == 3 for token in reader)
+        # ... and what the reader decided, which the answer's first word follows.
+        assert scene["decision"].startswith("yes/no question (gate ") and scene["decision"] in printed
+        said = scene["decision"].split("): ")[1].split(" ")[0]
+        assert scene["answer"].lower().startswith(said), (scene["decision"], scene["answer"])
     assert main(["inspect", "--text", "hello", "--question", question]) == 1
     assert "--question needs --bag or --live" in capsys.readouterr().err
 

@@ -290,26 +290,26 @@ class PerceptionPipeline:
             latents, question, max_new_tokens=max_new_tokens, after_question=after
         )
 
-    @torch.inference_mode()
     def read_question(self, latents: torch.Tensor, questions: list[str]) -> torch.Tensor | None:
         """The question reader's tokens (B, M, H) for latents (B, K, H) and B questions; None when the
         model has no reader (its answers read the scene's latents alone)."""
-        reader = self.scene_model.reader
-        if reader is None:
-            return None
-        embeds, mask = self._language().question_embeddings(questions)
-        return reader(latents.to(self.device, torch.float32), embeds.to(self.device, torch.float32), mask)
+        return self._read(latents, questions)[0]
 
-    @torch.inference_mode()
     def question_decision(self, latents: torch.Tensor, questions: list[str]) -> torch.Tensor | None:
         """The question reader's own [gate, yes] logits (B, 2) for latents (B, K, H) and B questions
         (nn/reader.py YesNoDecision); None when the model's reader does not decide."""
+        return self._read(latents, questions)[1]
+
+    @torch.inference_mode()
+    def _read(
+        self, latents: torch.Tensor, questions: list[str]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         reader = self.scene_model.reader
-        if reader is None or not reader.decides:
-            return None
+        if reader is None:
+            return None, None
         embeds, mask = self._language().question_embeddings(questions)
         latents = latents.to(self.device, torch.float32)
-        return reader.read(latents, embeds.to(self.device, torch.float32), mask)[1]
+        return reader.read(latents, embeds.to(self.device, torch.float32), mask)
 
     def _language(self):
         if self.language is None:

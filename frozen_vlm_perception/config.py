@@ -159,6 +159,10 @@ class ReaderConfig:
     # Decide yes/no questions with the reader's own [gate, yes] logits, which pick one of two learned
     # token sets (nn/reader.py); trained with their own cross-entropy (training/adapter.py).
     decision: bool = False
+    # When the decision's gate opens, the answer's first word is its decision ("Yes" / "No") and the
+    # LM writes the rest: the LM read the yes set as "no" in 1 of 6 answers to a wording it had not
+    # seen although the decision was right (docs/ANSWERS.md). False: the LM chooses the word itself.
+    decision_starts_answer: bool = True
 
     def validate(self) -> None:
         _check_range("reader.num_tokens", self.num_tokens, 0, 64)

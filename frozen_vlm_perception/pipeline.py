@@ -26,7 +26,9 @@ from frozen_vlm_perception.checkpoint import (
 )
 from frozen_vlm_perception.config import FusionConfig, ModelConfig
 from frozen_vlm_perception.nn.model import SceneModel
+from frozen_vlm_perception.nn.reader import decided_answer_starts
 from frozen_vlm_perception.nn.vision import FrozenVisionEncoder, build_vision_encoder
+from frozen_vlm_perception.questions import opens_as_yes_no
 
 MODALITY_VISION = "vision"
 MODALITY_IMU = "imu"
@@ -268,10 +270,11 @@ class PerceptionPipeline:
     ):
         """Greedy answer of the frozen LM to ``question`` about ``scene`` (None: the question alone)."""
         language = self._language()
-        scene_tokens, after = None, None
+        scene_tokens, after, starts = None, None, None
         if scene is not None:
             scene_tokens = torch.from_numpy(np.asarray(scene.latents, dtype=np.float32)).to(self.device)
-            after = self.read_question(scene_tokens[None], [question])
+            after, decision = self._read(scene_tokens[None], [question])
+            starts = self._answer_starts(decision)
         return language.generate(
             scene_tokens,
             question,
@@ -279,15 +282,20 @@ class PerceptionPipeline:
             on_text=on_text,
             should_stop=should_stop,
             after_question=None if after is None else after[0],
+            answer_start=() if starts is None else starts[0],
         )
 
     def answer_batch(self, latents: torch.Tensor, question: str, *, max_new_tokens: int | None = None):
         """Greedy answers to one ``question`` about B scenes' latents (B, K, H), decoded together
         (``FrozenLanguageModel.generate_batch``, through the question reader when the model has one)."""
         latents = latents.to(self.device)
-        after = self.read_question(latents, [question] * len(latents))
+        after, decision = self._read(latents, [question] * len(latents))
         return self._language().generate_batch(
-            latents, question, max_new_tokens=max_new_tokens, after_question=after
+            latents,
+            question,
+            max_new_tokens=max_new_tokens,
+            after_question=after,
+            answer_starts=self._answer_starts(decision),
         )
 
     def read_question(self, latents: torch.Tensor, questions: list[str]) -> torch.Tensor | None:
@@ -309,7 +317,14 @@ class PerceptionPipeline:
             return None, None
         embeds, mask = self._language().question_embeddings(questions)
         latents = latents.to(self.device, torch.float32)
-        return reader.read(latents, embeds.to(self.device, torch.float32), mask)
+        may_decide = torch.tensor([opens_as_yes_no(q) for q in questions], device=self.device)
+        return reader.read(latents, embeds.to(self.device, torch.float32), mask, may_decide=may_decide)
+
+    def _answer_starts(self, decision: torch.Tensor | None) -> list[list[int]] | None:
+        """The answers' first tokens from the reader's decision (B, 2), or None: the LM chooses."""
+        if decision is None or not self.scene_model.reader.decision_starts_answer:
+            return None
+        return decided_answer_starts(self._language(), decision)
 
     def _language(self):
         if self.language is None:

@@ -30,6 +30,20 @@ def test_every_family_has_trained_held_out_and_validation_wordings_that_never_ov
     assert not general & set(Q.GENERAL_TRAINING_QUESTIONS)  # evaluation's control stays unseen
 
 
+def test_the_decisions_training_wordings_stay_out_of_evaluation_and_read_as_their_predicate():
+    unseen = {q for f in Q.FAMILIES.values() for q in f.held_out + f.validation}
+    unseen |= {q for q, _ in Q.GENERAL_QUESTIONS}
+    assert len(Q.DECISION_WORDINGS) >= 1000 and len(Q.DECISION_GATE_NEGATIVES) >= 300
+    assert not unseen & set(Q.DECISION_WORDINGS) and not unseen & set(Q.DECISION_GATE_NEGATIVES)
+    assert not set(Q.DECISION_WORDINGS) & set(Q.DECISION_GATE_NEGATIVES)
+    assert set(Q.DECISION_WORDINGS.values()) == set(Q.PREDICATES)
+    # The rule-based reading that evaluation and the grounding flag use agrees with every one whose
+    # words name its predicate alone.
+    for question, predicate in Q.DECISION_WORDINGS.items():
+        assert Q.asked_predicate(question) in (predicate, None), question
+    assert Q.DECISION_WORDINGS["Would you say the human is on their feet?"] == "standing"
+
+
 @pytest.mark.parametrize(
     ("family", "question", "label", "place", "answer"),
     [

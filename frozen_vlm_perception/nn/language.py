@@ -44,7 +44,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -369,9 +369,11 @@ class FrozenLanguageModel(nn.Module):
         should_stop: Callable[[], bool] | None = None,
         stop_at_eos: bool = True,
         after_question: torch.Tensor | None = None,
+        answer_start: Sequence[int] = (),
     ) -> Generation:
         """Greedy answer to ``question`` about the scene (K, H) (or None: the question alone), with
-        a question reader's tokens (M, H) right after the question when given.
+        a question reader's tokens (M, H) right after the question when given. ``answer_start``: token
+        ids the answer begins with (the reader's decided "Yes"), decoded greedily after them.
 
         ``on_text`` gets the whole answer so far after every generated token; ``should_stop`` is
         polled before every forward pass and cancels the answer when it returns True.
@@ -390,6 +392,7 @@ class FrozenLanguageModel(nn.Module):
             on_text=on_text,
             should_stop=should_stop,
             stop_at_eos=stop_at_eos,
+            answer_start=answer_start,
         )
         return dataclasses.replace(result, seconds=time.perf_counter() - start)
 
@@ -401,9 +404,11 @@ class FrozenLanguageModel(nn.Module):
         *,
         max_new_tokens: int | None = None,
         after_question: torch.Tensor | None = None,
+        answer_starts: Sequence[Sequence[int]] | None = None,
     ) -> list[Generation]:
         """Greedy answers to one ``question`` about B scenes (B, K, H), decoded together (with a
-        question reader's tokens (B, M, H) after the question when given).
+        question reader's tokens (B, M, H) after the question when given; ``answer_starts``: per
+        scene, the token ids its answer begins with, as ``generate``'s ``answer_start``).
 
         Every row has the same prompt length (same question, K tokens each), so no padding is
         needed; decoding runs until every row has ended. For evaluation: several times the
@@ -420,14 +425,18 @@ class FrozenLanguageModel(nn.Module):
         rest = self._after_scene(asked, end, after_question, batched=True)
         if rest.shape[0] not in (1, batch):
             raise ValueError(f"got {rest.shape[0]} rows of reader tokens for {batch} scenes")
+        starts = [list(row) for row in answer_starts] if answer_starts is not None else [[]] * batch
+        if len(starts) != batch:
+            raise ValueError(f"got {len(starts)} answer starts for {batch} scenes")
         tail = torch.cat([scene, rest.expand(batch, -1, -1)], dim=1)
         past = self._prefix_cache(prefix, batch=batch)
         ids: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
         extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
         out = self.lm(inputs_embeds=tail, cache=past, use_cache=True, **extra)
-        for _ in range(limit):
+        for step in range(limit):
             next_ids = out.logits[:, -1].argmax(dim=-1).tolist()
+            next_ids = [row[step] if step < len(row) else i for row, i in zip(starts, next_ids, strict=True)]
             for row, next_id in enumerate(next_ids):
                 if done[row]:
                     continue
@@ -487,8 +496,10 @@ class FrozenLanguageModel(nn.Module):
         on_text: Callable[[str], None] | None,
         should_stop: Callable[[], bool] | None,
         stop_at_eos: bool,
+        answer_start: Sequence[int] = (),
     ) -> Generation:
-        """Greedy decoding of prompt embeddings (1, T, H) that continue the cache ``past`` (or None)."""
+        """Greedy decoding of prompt embeddings (1, T, H) that continue the cache ``past`` (or None),
+        the first tokens being ``answer_start`` instead of the greedy choice."""
         start = time.perf_counter()
         limit = self.config.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         if limit < 1:
@@ -509,7 +520,10 @@ class FrozenLanguageModel(nn.Module):
                 step = torch.tensor([[ids[-1]]], device=self.device)
                 out = self.lm(input_ids=step, cache=past, use_cache=True)
             past = out.cache
-            next_id = int(out.logits[0, -1].argmax())
+            if len(ids) < len(answer_start):
+                next_id = int(answer_start[len(ids)])
+            else:
+                next_id = int(out.logits[0, -1].argmax())
             if stop_at_eos and next_id in self._eos_ids:
                 reason = "eos"
                 break

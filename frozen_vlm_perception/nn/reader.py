@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from frozen_vlm_perception.config import ReaderConfig
 from frozen_vlm_perception.nn.heads import ActivityHead
 from frozen_vlm_perception.nn.resampler import perceiver_layers
+from frozen_vlm_perception.questions import NO_WORD, YES_WORD
 
 
 class QuestionReader(nn.Module):
@@ -56,6 +57,7 @@ class QuestionReader(nn.Module):
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
         self.decision = None
+        self.decision_starts_answer = config.decision and config.decision_starts_answer
         if config.decision:
             if num_labels < 1:
                 raise ValueError("a reader with a decision needs the activity labels (num_labels >= 1)")
@@ -91,8 +93,11 @@ class QuestionReader(nn.Module):
         question_mask: Tensor | None = None,
         *,
         decision: Tensor | None = None,
+        may_decide: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """As ``forward``, and the [gate, yes] logits (B, 2) (None without ``decides``)."""
+        """As ``forward``, and the [gate, yes] logits (B, 2) (None without ``decides``).
+        ``may_decide`` (B,) bool: the questions that open as a yes/no question (questions.opens_as_yes_no);
+        the others' gate is shut, whatever the learned gate says."""
         if scene.ndim != 3 or question.ndim != 3 or scene.shape[0] != question.shape[0]:
             raise ValueError(
                 f"scene (B, K, H) and question (B, T, H) must share B, got {tuple(scene.shape)} and "
@@ -114,6 +119,9 @@ class QuestionReader(nn.Module):
         if self.decision is None:
             return tokens, None
         logits = self.decision(scene, question.to(scene.dtype), question_mask)
+        if may_decide is not None:  # a learned gate opened on "How many legs does a dog have?" (0.77)
+            shut = ~may_decide.to(device=logits.device, dtype=torch.bool)
+            logits = torch.stack([logits[:, 0].masked_fill(shut, float("-inf")), logits[:, 1]], dim=1)
         # Its own decision is taken whole (logit > 0), as training feeds it: the LM learned to read the
         # yes set and the no set, not a blend (a blend read as "no"), and a gate of 0.1 on a question
         # that is not yes/no still added a tenth of a set to it.
@@ -158,3 +166,11 @@ class YesNoDecision(nn.Module):
         p_label = self.activity(scene).softmax(dim=-1)
         p_yes = (p_label * torch.sigmoid(asks[:, 1:])).sum(dim=-1).clamp(1e-6, 1 - 1e-6)
         return torch.stack([asks[:, 0], torch.log(p_yes) - torch.log1p(-p_yes)], dim=1)
+
+
+def decided_answer_starts(language, logits: Tensor) -> list[list[int]]:
+    """Per row of a deciding reader's [gate, yes] logits (B, 2), the token ids its answer begins
+    with (ReaderConfig.decision_starts_answer): the LM's first token of "Yes, ..." or "No, ..." where
+    the gate opens, nothing where it does not (the LM answers unaided)."""
+    yes_id, no_id = (language.first_token_id(f"{word}, the person") for word in (YES_WORD, NO_WORD))
+    return [[yes_id if yes > 0 else no_id] if gate > 0 else [] for gate, yes in logits.tolist()]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import logging
 import random
 import sys
@@ -55,13 +56,19 @@ from frozen_vlm_perception.config import ConfigError, ModelConfig, SyncConfig
 from frozen_vlm_perception.data.config import DataConfig
 from frozen_vlm_perception.data.embeddings import EmbeddingSet, EncoderFactory
 from frozen_vlm_perception.nn.model import SceneModel
-from frozen_vlm_perception.nn.reader import QuestionReader
+from frozen_vlm_perception.nn.reader import QuestionReader, decided_answer_starts
 from frozen_vlm_perception.questions import (
+    DECISION_GATE_NEGATIVES,
+    DECISION_WORDINGS,
     FAMILY_NAMES,
     GENERAL_TRAINING_QUESTIONS,
+    NO_WORD,
+    PREDICATES,
     YES_NO_PREDICATE,
+    YES_WORD,
     families_for,
     make_qa,
+    opens_as_yes_no,
     scene_caption,
     wordings,
     yes_no_truth,
@@ -634,11 +641,23 @@ def true_decision(family: str | None, question: str, label: str) -> tuple[float,
     return 1.0, float(yes_no_truth(question, label))
 
 
-# What the reader's gate must say no to: every other family's trained wordings and the general
-# training questions (none of evaluation's or validation's wordings).
-GATE_NEGATIVES: tuple[str, ...] = tuple(
-    q for family in FAMILY_NAMES if family != "yes_no" for q in wordings(family)
-) + GENERAL_TRAINING_QUESTIONS
+# What the reader's decision trains on (no evaluation or validation wording among them): yes/no
+# questions, the family's trained wordings and questions.DECISION_WORDINGS (question -> predicate);
+# questions its gate must shut for, every other family's trained wordings, the general training
+# questions and questions.DECISION_GATE_NEGATIVES.
+DECISION_YES_NO: dict[str, str] = {q: YES_NO_PREDICATE[q] for q in wordings("yes_no")} | DECISION_WORDINGS
+GATE_NEGATIVES: tuple[str, ...] = (
+    tuple(q for family in FAMILY_NAMES if family != "yes_no" for q in wordings(family))
+    + GENERAL_TRAINING_QUESTIONS
+    + DECISION_GATE_NEGATIVES
+)
+
+
+@functools.cache
+def _decision_options(label: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The decision's yes/no training questions about ``label``: (those true of it, those false)."""
+    holds = {q: PREDICATES[predicate](label) for q, predicate in DECISION_YES_NO.items()}
+    return tuple(q for q, h in holds.items() if h), tuple(q for q, h in holds.items() if not h)
 
 
 def decision_loss(
@@ -650,18 +669,17 @@ def decision_loss(
     per_scene: int,
 ) -> Tensor:
     """The deciding reader's own loss: ``per_scene`` random questions about each scene (latents
-    (B, L, H), true ``labels``), half of them trained yes/no wordings (yes and no equally often),
-    half other questions; binary cross-entropy of the gate on all and of the yes logit on the yes/no
-    ones. No LM forward: a few milliseconds for a batch's questions."""
+    (B, L, H), true ``labels``), half of them yes/no questions (DECISION_YES_NO; yes and no equally
+    often), half GATE_NEGATIVES; binary cross-entropy of the gate on all and of the yes logit on the
+    yes/no ones. No LM forward: a few milliseconds for a batch's questions."""
     rows, questions, targets = [], [], []
-    yes_no = wordings("yes_no")
     for row, label in enumerate(labels):
+        true_of, false_of = _decision_options(label)
         for _ in range(per_scene):
             if rng.random() < 0.5:
                 want = rng.random() < 0.5
-                options = [q for q in yes_no if yes_no_truth(q, label) == want] or yes_no
-                question = rng.choice(options)
-                targets.append(true_decision("yes_no", question, label))
+                question = rng.choice((true_of if want else false_of) or (false_of if want else true_of))
+                targets.append((1.0, float(question in true_of)))
             else:
                 question = rng.choice(GATE_NEGATIVES)
                 targets.append(true_decision(None, question, label))
@@ -706,7 +724,7 @@ def yes_no_correct(
     after = None if reader is None else read_questions(task, reader, scenes, questions)
     logits = task.language.first_answer_logits(scenes, questions, after_question=after)
     # The first token of the reference answers ("Yes, the person is ...", questions.reference_answer).
-    yes_id, no_id = (task.language.first_token_id(f"{word}, the person") for word in ("Yes", "No"))
+    yes_id, no_id = (task.language.first_token_id(f"{word}, the person") for word in (YES_WORD, NO_WORD))
     said_yes = (logits[:, yes_id] > logits[:, no_id]).tolist()
     return sum(said == truth for said, (_, truth) in zip(said_yes, asked, strict=True)), len(asked)
 
@@ -749,11 +767,19 @@ def answers_correct(
     counts = {family: [0, 0] for family in FAMILY_NAMES}
     for question, rows in rows_of.items():
         scenes = latents[rows]
-        after = None if reader is None else read_questions(task, reader, scenes, [question] * len(rows))
+        after, starts = None, None
+        if reader is not None:  # as the pipeline answers (PerceptionPipeline.answer_batch)
+            embeds, mask = task.language.question_embeddings([question] * len(rows))
+            may_decide = torch.tensor([opens_as_yes_no(question)] * len(rows), device=scenes.device)
+            after, decision = reader.read(
+                scenes, embeds.to(scenes), mask.to(scenes.device), may_decide=may_decide
+            )
+            if decision is not None and reader.decision_starts_answer:
+                starts = decided_answer_starts(task.language, decision)
         # A yes/no answer is scored by its first word: no need to decode the rest.
         limit = 3 if asked[rows[0]][0] == "yes_no" else max_new_tokens
         generations = task.language.generate_batch(
-            scenes, question, max_new_tokens=limit, after_question=after
+            scenes, question, max_new_tokens=limit, after_question=after, answer_starts=starts
         )
         for row, generation in zip(rows, generations, strict=True):
             family = asked[row][0]
@@ -889,7 +915,10 @@ def _decision_accuracy(
         latents = _forward(scene_model, val_set, labelled[part], "fused", ctx.device).latents
         for question in wordings("yes_no", validation=True) + tuple(others):
             embeds, mask = task.language.question_embeddings([question] * len(part))
-            _, logits = scene_model.reader.read(latents, embeds.to(latents), mask.to(latents.device))
+            may_decide = torch.tensor([opens_as_yes_no(question)] * len(part), device=latents.device)
+            _, logits = scene_model.reader.read(
+                latents, embeds.to(latents), mask.to(latents.device), may_decide=may_decide
+            )
             says = (logits > 0).tolist()
             for n, (gate, yes) in zip(part.tolist(), says, strict=True):
                 want_gate, want_yes = true_decision(

@@ -627,3 +627,24 @@ def test_generate_batch_answers_as_generate_does(language_model):
     assert [b.text for b in batched] == [s.text for s in singles]
     assert [b.num_tokens for b in batched] == [s.num_tokens for s in singles]
     assert batched[0].text != batched[1].text  # each row reads its own scene
+
+
+def test_an_answer_start_is_where_greedy_decoding_goes_on_from(language_model):
+    """answer_start tokens are the answer's first tokens; the rest is what greedy decoding writes
+    after them, the same in a batch as alone, and rows without a start decode unaided."""
+    lm = language_model
+    scene = word_tokens(lm, "a photo of a red car")
+    question = "Is there a car in the photo?"
+    unaided = lm.generate(scene, question, max_new_tokens=6)
+    no_id = lm.first_token_id("No, it is not")
+    forced = lm.generate(scene, question, max_new_tokens=6, answer_start=[no_id])
+    assert forced.text.startswith("No") and not unaided.text.startswith("No")
+    # Decoding goes on from the forced token: the prompt plus that token, decoded greedily.
+    prompt = torch.cat([lm.build_prompt(scene, question), lm.embed_ids(torch.tensor([no_id]))[None]], dim=1)
+    rest = lm.generate_from_embeds(prompt, max_new_tokens=5)
+    assert forced.num_tokens == 1 + rest.num_tokens and forced.text.endswith(rest.text)
+    both = torch.stack([scene, scene])
+    batched = lm.generate_batch(both, question, max_new_tokens=6, answer_starts=[[no_id], []])
+    assert [b.text for b in batched] == [forced.text, unaided.text]
+    with pytest.raises(ValueError, match="answer starts"):
+        lm.generate_batch(torch.stack([scene, scene]), question, answer_starts=[[no_id]])

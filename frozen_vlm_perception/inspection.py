@@ -362,18 +362,21 @@ def ask(
     tokens = pipeline.read_question(latents, [question])
     reader = None if tokens is None else index.report(tokens[0].float().cpu(), top_k)
     logits = pipeline.question_decision(latents, [question])
-    return replace(scene, question=question, reader=reader, answer=answer, decision=_decision_text(logits))
+    starts = pipeline.scene_model.reader is not None and pipeline.scene_model.reader.decision_starts_answer
+    decision = _decision_text(logits, starts_answer=starts)
+    return replace(scene, question=question, reader=reader, answer=answer, decision=decision)
 
 
-def _decision_text(logits: torch.Tensor | None) -> str | None:
-    """"yes/no question (gate 1.00): yes (P(yes) 0.97)" from a deciding reader's [gate, yes] logits
-    (1, 2); None without a decision."""
+def _decision_text(logits: torch.Tensor | None, *, starts_answer: bool = False) -> str | None:
+    """"yes/no question (gate 1.00): yes (P(yes) 0.97), the answer's first word" from a deciding
+    reader's [gate, yes] logits (1, 2); None without a decision."""
     if logits is None:
         return None
     gate, yes = torch.sigmoid(logits[0].float()).tolist()
     if gate <= 0.5:
         return f"not a yes/no question about the scene (gate {gate:.2f}): its free tokens alone"
-    return f"yes/no question (gate {gate:.2f}): {'yes' if yes > 0.5 else 'no'} (P(yes) {yes:.2f})"
+    said = f"yes/no question (gate {gate:.2f}): {'yes' if yes > 0.5 else 'no'} (P(yes) {yes:.2f})"
+    return said + (", the answer's first word" if starts_answer else "")
 
 
 def _usable(sample: Any, mode: str) -> bool:

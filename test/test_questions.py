@@ -45,6 +45,16 @@ def test_the_decisions_training_wordings_stay_out_of_evaluation_and_read_as_thei
 
 
 @pytest.mark.parametrize(
+    ("question", "opens"),
+    [("Is the person moving?", True), ("  are they sitting?", True), ("Would you say she is lying?", True),
+     ("Can you tell if the person is seated?", True), ("How many legs does a dog have?", False),
+     ("What is going on in this scene?", False), ("Island or city?", False)],
+)  # fmt: skip
+def test_a_yes_no_question_opens_with_an_auxiliary_verb(question, opens):
+    assert Q.opens_as_yes_no(question) is opens
+
+
+@pytest.mark.parametrize(
     ("family", "question", "label", "place", "answer"),
     [
         ("activity", "What is the person up to?", "walking upstairs", None,

@@ -182,6 +182,8 @@ def train_adapter(
                 f"reader_decision: {model_dir} has no question reader; add one with reader_tokens"
             )
         config = replace(config, reader=replace(config.reader, decision=True))
+    if train.monitor == "val_decision_yes_no" and not config.reader.decision:
+        raise ConfigError("--monitor val_decision_yes_no needs a reader that decides (--reader-decision)")
     scene_model = SceneModel(
         config=config,
         vision_dim=dims["vision_dim"],

@@ -16,7 +16,7 @@ from frozen_vlm_perception.config import FUSION_WEIGHTINGS, ConfigError
 ALIGN_MONITORS = {"val_loss": False, "val_infonce": False, "val_r1": True, "val_r5": True, "val_acc": True}
 ADAPTER_MONITORS = {
     "val_loss": False, "val_lm_loss": False, "val_ce": False, "val_acc": True, "val_yes_no_acc": True,
-    "val_answer_acc": True,
+    "val_answer_acc": True, "val_decision_yes_no": True,
 }
 
 

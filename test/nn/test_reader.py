@@ -96,6 +96,32 @@ def test_a_decision_picks_the_yes_or_the_no_tokens_by_its_gate():
         torch.testing.assert_close(tokens[row], want)
 
 
+def test_a_question_that_may_not_be_decided_reads_the_free_tokens_alone():
+    module = deciding()
+    with torch.no_grad():
+        module.decision.asks.bias.fill_(5.0)  # the learned gate opens for every question
+    scene, question = torch.randn(2, 5, H), torch.randn(2, 7, H)
+    free = module(scene, question, decision=torch.zeros(2, 2))
+    tokens, logits = module.read(scene, question, may_decide=torch.tensor([False, True]))
+    assert logits[0, 0] == float("-inf") and logits[1, 0] > 0
+    torch.testing.assert_close(tokens[0], free[0])
+    assert not torch.allclose(tokens[1], free[1])
+
+
+def test_the_decision_starts_the_answer_only_where_its_gate_opens():
+    from frozen_vlm_perception.nn.reader import decided_answer_starts
+
+    class Words:  # the one method decided_answer_starts asks of the language model
+        def first_token_id(self, text):
+            return {"Yes": 7, "No": 9}[text.split(",")[0]]
+
+    logits = torch.tensor([[2.0, 1.0], [2.0, -1.0], [-1.0, 3.0], [float("-inf"), 3.0]])
+    assert decided_answer_starts(Words(), logits) == [[7], [9], [], []]
+    assert reader(decision=True).decision_starts_answer
+    assert not reader(decision=True, decision_starts_answer=False).decision_starts_answer
+    assert not reader().decision_starts_answer  # no decision, nothing to start an answer with
+
+
 def test_a_reader_without_a_decision_has_no_decision_parameters():
     plain = reader()
     assert not plain.decides and plain.read(torch.randn(1, 5, H), torch.randn(1, 7, H))[1] is None

@@ -44,6 +44,20 @@ def test_the_decisions_training_wordings_stay_out_of_evaluation_and_read_as_thei
     assert Q.DECISION_WORDINGS["Would you say the human is on their feet?"] == "standing"
 
 
+def test_every_yes_no_training_wording_has_a_word_that_no_wording_false_of_the_label_has():
+    """The decision pools a question's tokens by a soft maximum (nn/reader.py), so a wording reads
+    as true of a label only by a word absent from every wording false of that label."""
+    asked = {q: Q.YES_NO_PREDICATE[q] for q in Q.FAMILIES["yes_no"].trained} | Q.DECISION_WORDINGS
+
+    def words(question):
+        return set(question.lower().rstrip("?").split())
+
+    for label in LABELS:
+        false_words = set().union(*(words(q) for q, p in asked.items() if not Q.PREDICATES[p](label)))
+        stuck = [q for q, p in asked.items() if Q.PREDICATES[p](label) and words(q) <= false_words]
+        assert not stuck, (label, stuck[:5])
+
+
 @pytest.mark.parametrize(
     ("question", "opens"),
     [("Is the person moving?", True), ("  are they sitting?", True), ("Would you say she is lying?", True),

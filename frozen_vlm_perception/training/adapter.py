@@ -656,9 +656,11 @@ GATE_NEGATIVES: tuple[str, ...] = (
 
 
 @functools.cache
-def _decision_options(label: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The decision's yes/no training questions about ``label``: (those true of it, those false)."""
-    holds = {q: PREDICATES[predicate](label) for q, predicate in DECISION_YES_NO.items()}
+def _decision_options(label: str, generated: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The decision's yes/no training questions about ``label``, the family's trained wordings or
+    (``generated``) questions.DECISION_WORDINGS: (those true of it, those false)."""
+    pool = DECISION_WORDINGS if generated else {q: YES_NO_PREDICATE[q] for q in wordings("yes_no")}
+    holds = {q: PREDICATES[predicate](label) for q, predicate in pool.items()}
     return tuple(q for q, h in holds.items() if h), tuple(q for q, h in holds.items() if not h)
 
 
@@ -671,17 +673,18 @@ def decision_loss(
     per_scene: int,
 ) -> Tensor:
     """The deciding reader's own loss: ``per_scene`` random questions about each scene (latents
-    (B, L, H), true ``labels``), half of them yes/no questions (DECISION_YES_NO; yes and no equally
-    often), half GATE_NEGATIVES; binary cross-entropy of the gate on all and of the yes logit on the
+    (B, L, H), true ``labels``), half of them yes/no questions (yes and no equally often; half of
+    those the family's trained wordings, which would be 11 among 1481 otherwise, half generated
+    ones), half GATE_NEGATIVES; binary cross-entropy of the gate on all and of the yes logit on the
     yes/no ones. No LM forward: a few milliseconds for a batch's questions."""
     rows, questions, targets = [], [], []
     for row, label in enumerate(labels):
-        true_of, false_of = _decision_options(label)
         for _ in range(per_scene):
             if rng.random() < 0.5:
+                true_of, false_of = _decision_options(label, rng.random() < 0.5)
                 want = rng.random() < 0.5
                 question = rng.choice((true_of if want else false_of) or (false_of if want else true_of))
-                targets.append((1.0, float(question in true_of)))
+                targets.append((1.0, float(PREDICATES[DECISION_YES_NO[question]](label))))
             else:
                 question = rng.choice(GATE_NEGATIVES)
                 targets.append(true_decision(None, question, label))

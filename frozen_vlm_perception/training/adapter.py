@@ -36,6 +36,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -671,22 +672,26 @@ def decision_loss(
     labels: list[str],
     rng: random.Random,
     per_scene: int,
+    *,
+    generated_share: float = 0.5,
+    negatives: Sequence[str] = GATE_NEGATIVES,
 ) -> Tensor:
     """The deciding reader's own loss: ``per_scene`` random questions about each scene (latents
-    (B, L, H), true ``labels``), half of them yes/no questions (yes and no equally often; half of
-    those the family's trained wordings, which would be 11 among 1481 otherwise, half generated
-    ones), half GATE_NEGATIVES; binary cross-entropy of the gate on all and of the yes logit on the
-    yes/no ones. No LM forward: a few milliseconds for a batch's questions."""
+    (B, L, H), true ``labels``), half of them yes/no questions (yes and no equally often;
+    ``generated_share`` of those questions.DECISION_WORDINGS, the others the family's trained
+    wordings, which would be 11 among 1397 if drawn alike), half ``negatives``; binary cross-entropy
+    of the gate on all and of the yes logit on the yes/no ones. No LM forward: a few milliseconds
+    for a batch's questions."""
     rows, questions, targets = [], [], []
     for row, label in enumerate(labels):
         for _ in range(per_scene):
             if rng.random() < 0.5:
-                true_of, false_of = _decision_options(label, rng.random() < 0.5)
+                true_of, false_of = _decision_options(label, rng.random() < generated_share)
                 want = rng.random() < 0.5
                 question = rng.choice((true_of if want else false_of) or (false_of if want else true_of))
                 targets.append((1.0, float(PREDICATES[DECISION_YES_NO[question]](label))))
             else:
-                question = rng.choice(GATE_NEGATIVES)
+                question = rng.choice(negatives)
                 targets.append(true_decision(None, question, label))
             rows.append(row)
             questions.append(question)

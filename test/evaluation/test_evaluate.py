@@ -33,6 +33,10 @@ class ScriptedLanguage:
     def generate_batch(self, scenes, question, **kwargs) -> list[Generation]:
         return [self._one() for _ in range(len(scenes))]
 
+    def first_token_id(self, text):
+        """The decided first word's token (models/demo's reader decides yes/no); ignored by the script."""
+        return 0
+
     def question_embeddings(self, questions):
         """What a model's question reader reads (one zero token each): its answers are scripted anyway."""
         import torch

@@ -26,9 +26,8 @@ from frozen_vlm_perception.checkpoint import (
 )
 from frozen_vlm_perception.config import FusionConfig, ModelConfig
 from frozen_vlm_perception.nn.model import SceneModel
-from frozen_vlm_perception.nn.reader import decided_answer_starts
+from frozen_vlm_perception.nn.reader import decided_answer_starts, read_as_asked
 from frozen_vlm_perception.nn.vision import FrozenVisionEncoder, build_vision_encoder
-from frozen_vlm_perception.questions import opens_as_yes_no
 
 MODALITY_VISION = "vision"
 MODALITY_IMU = "imu"
@@ -315,10 +314,7 @@ class PerceptionPipeline:
         reader = self.scene_model.reader
         if reader is None:
             return None, None
-        embeds, mask = self._language().question_embeddings(questions)
-        latents = latents.to(self.device, torch.float32)
-        may_decide = torch.tensor([opens_as_yes_no(q) for q in questions], device=self.device)
-        return reader.read(latents, embeds.to(self.device, torch.float32), mask, may_decide=may_decide)
+        return read_as_asked(reader, self._language(), latents.to(self.device, torch.float32), questions)
 
     def _answer_starts(self, decision: torch.Tensor | None) -> list[list[int]] | None:
         """The answers' first tokens from the reader's decision (B, 2), or None: the LM chooses."""

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from frozen_vlm_perception.config import ReaderConfig
 from frozen_vlm_perception.nn.heads import ActivityHead
 from frozen_vlm_perception.nn.resampler import perceiver_layers
-from frozen_vlm_perception.questions import NO_WORD, YES_WORD
+from frozen_vlm_perception.questions import NO_WORD, YES_WORD, opens_as_yes_no
 
 
 class QuestionReader(nn.Module):
@@ -166,6 +166,19 @@ class YesNoDecision(nn.Module):
         p_label = self.activity(scene).softmax(dim=-1)
         p_yes = (p_label * torch.sigmoid(asks[:, 1:])).sum(dim=-1).clamp(1e-6, 1 - 1e-6)
         return torch.stack([asks[:, 0], torch.log(p_yes) - torch.log1p(-p_yes)], dim=1)
+
+
+def read_as_asked(
+    reader: QuestionReader, language, latents: Tensor, questions: list[str]
+) -> tuple[Tensor, Tensor | None]:
+    """A reader's tokens (B, M, H) and [gate, yes] logits (B, 2) for scenes' latents (B, K, H) and
+    B questions, as answering reads them: the LM's embeddings of the questions, and only questions
+    that open as a yes/no question may be decided (questions.opens_as_yes_no)."""
+    embeds, mask = language.question_embeddings(questions)
+    may_decide = torch.tensor([opens_as_yes_no(q) for q in questions], device=latents.device)
+    return reader.read(
+        latents, embeds.to(latents.device, latents.dtype), mask.to(latents.device), may_decide=may_decide
+    )
 
 
 def decided_answer_starts(language, logits: Tensor) -> list[list[int]]:

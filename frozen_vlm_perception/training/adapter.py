@@ -57,7 +57,7 @@ from frozen_vlm_perception.config import ConfigError, ModelConfig, SyncConfig
 from frozen_vlm_perception.data.config import DataConfig
 from frozen_vlm_perception.data.embeddings import EmbeddingSet, EncoderFactory
 from frozen_vlm_perception.nn.model import SceneModel
-from frozen_vlm_perception.nn.reader import QuestionReader, decided_answer_starts
+from frozen_vlm_perception.nn.reader import QuestionReader, decided_answer_starts, read_as_asked
 from frozen_vlm_perception.questions import (
     DECISION_GATE_NEGATIVES,
     DECISION_WORDINGS,
@@ -69,7 +69,6 @@ from frozen_vlm_perception.questions import (
     YES_WORD,
     families_for,
     make_qa,
-    opens_as_yes_no,
     scene_caption,
     wordings,
     yes_no_truth,
@@ -648,7 +647,8 @@ def true_decision(family: str | None, question: str, label: str) -> tuple[float,
 # questions, the family's trained wordings and questions.DECISION_WORDINGS (question -> predicate);
 # questions its gate must shut for, every other family's trained wordings, the general training
 # questions and questions.DECISION_GATE_NEGATIVES.
-DECISION_YES_NO: dict[str, str] = {q: YES_NO_PREDICATE[q] for q in wordings("yes_no")} | DECISION_WORDINGS
+_TRAINED_YES_NO: dict[str, str] = {q: YES_NO_PREDICATE[q] for q in wordings("yes_no")}
+DECISION_YES_NO: dict[str, str] = _TRAINED_YES_NO | DECISION_WORDINGS
 GATE_NEGATIVES: tuple[str, ...] = (
     tuple(q for family in FAMILY_NAMES if family != "yes_no" for q in wordings(family))
     + GENERAL_TRAINING_QUESTIONS
@@ -660,7 +660,7 @@ GATE_NEGATIVES: tuple[str, ...] = (
 def _decision_options(label: str, generated: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The decision's yes/no training questions about ``label``, the family's trained wordings or
     (``generated``) questions.DECISION_WORDINGS: (those true of it, those false)."""
-    pool = DECISION_WORDINGS if generated else {q: YES_NO_PREDICATE[q] for q in wordings("yes_no")}
+    pool = DECISION_WORDINGS if generated else _TRAINED_YES_NO
     holds = {q: PREDICATES[predicate](label) for q, predicate in pool.items()}
     return tuple(q for q, h in holds.items() if h), tuple(q for q, h in holds.items() if not h)
 
@@ -779,11 +779,7 @@ def answers_correct(
         scenes = latents[rows]
         after, starts = None, None
         if reader is not None:  # as the pipeline answers (PerceptionPipeline.answer_batch)
-            embeds, mask = task.language.question_embeddings([question] * len(rows))
-            may_decide = torch.tensor([opens_as_yes_no(question)] * len(rows), device=scenes.device)
-            after, decision = reader.read(
-                scenes, embeds.to(scenes), mask.to(scenes.device), may_decide=may_decide
-            )
+            after, decision = read_as_asked(reader, task.language, scenes, [question] * len(rows))
             if decision is not None and reader.decision_starts_answer:
                 starts = decided_answer_starts(task.language, decision)
         # A yes/no answer is scored by its first word: no need to decode the rest.
@@ -924,11 +920,7 @@ def _decision_accuracy(
     for part in torch.arange(len(labelled)).split(train.lm_batch_size * 4):
         latents = _forward(scene_model, val_set, labelled[part], "fused", ctx.device).latents
         for question in wordings("yes_no", validation=True) + tuple(others):
-            embeds, mask = task.language.question_embeddings([question] * len(part))
-            may_decide = torch.tensor([opens_as_yes_no(question)] * len(part), device=latents.device)
-            _, logits = scene_model.reader.read(
-                latents, embeds.to(latents), mask.to(latents.device), may_decide=may_decide
-            )
+            _, logits = read_as_asked(scene_model.reader, task.language, latents, [question] * len(part))
             says = (logits > 0).tolist()
             for n, (gate, yes) in zip(part.tolist(), says, strict=True):
                 want_gate, want_yes = true_decision(

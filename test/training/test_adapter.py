@@ -610,8 +610,8 @@ def test_the_reader_decision_learns_yes_and_no_for_wordings_it_never_trained_on(
     training questions only, the reader's gate and yes must be right for the *validation* and held-out
     wordings of every family (never trained), with the real LM's embeddings of the questions."""
     from frozen_vlm_perception.config import ReaderConfig
-    from frozen_vlm_perception.nn.reader import QuestionReader
-    from frozen_vlm_perception.questions import FAMILY_NAMES, YES_NO_PREDICATE, opens_as_yes_no, wordings
+    from frozen_vlm_perception.nn.reader import QuestionReader, read_as_asked
+    from frozen_vlm_perception.questions import FAMILY_NAMES, YES_NO_PREDICATE, wordings
     from frozen_vlm_perception.training.adapter import true_decision
 
     labels = list(DEFAULT_ACTIVITY_LABELS)
@@ -637,9 +637,7 @@ def test_the_reader_decision_learns_yes_and_no_for_wordings_it_never_trained_on(
     wrong = []
     with torch.no_grad():
         for question in unseen:
-            embeds, mask = language_model.question_embeddings([question] * len(labels))
-            may_decide = torch.tensor([opens_as_yes_no(question)] * len(labels))  # as the pipeline asks
-            _, logits = reader.read(prototypes, embeds, mask, may_decide=may_decide)
+            _, logits = read_as_asked(reader, language_model, prototypes, [question] * len(labels))
             for label, (gate, yes) in zip(labels, (logits > 0).tolist(), strict=True):
                 family = "yes_no" if question in YES_NO_PREDICATE else None
                 want_gate, want_yes = true_decision(family, question, label)

@@ -522,8 +522,21 @@ def _train_step(
     if train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], train.grad_clip)
     optimizer.step()
+    sync_decision_head(_unwrap(model))
     losses["loss"] = loss.detach().item()
     return losses
+
+
+def sync_decision_head(scene_model: SceneModel) -> None:
+    """Keep a deciding reader's frozen copy of the activity head equal to the head while the head
+    trains (stage 2 with a reader that decides, from a fresh adapter): its P(label) must be the one
+    the labels come from, not the random head the run started with. A no-op when the head is fixed."""
+    reader, head = scene_model.reader, scene_model.head
+    if reader is None or not reader.decides or not any(p.requires_grad for p in head.parameters()):
+        return
+    with torch.no_grad():
+        for mine, theirs in zip(reader.decision.activity.parameters(), head.parameters(), strict=True):
+            mine.copy_(theirs)
 
 
 def gate_loss(scene_model: SceneModel, batch: dict[str, Tensor], device) -> Tensor | None:

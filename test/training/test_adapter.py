@@ -483,6 +483,36 @@ def test_only_reader_trains_a_new_question_reader_and_keeps_the_scene_model(
     assert PerceptionPipeline.from_model_dir(tmp_path / "d", device="cpu").scene_model.reader.decides
 
 
+def test_a_fresh_stage2_with_a_deciding_reader_keeps_the_decisions_head_equal_to_the_head(
+    tmp_path, tiny_bags, tiny_lm, tiny_lm_folder, embedding_cache, monkeypatch
+):
+    """--reinit --reader-tokens N --reader-decision in one run: the head trains from a random start, so
+    the decision's frozen copy of it must follow it step by step; every validation (the caption warm
+    start's and the LM steps') sees the decision's P(label) equal to the head's."""
+    from frozen_vlm_perception.training import adapter as adapter_module
+
+    seen = []
+    evaluate = adapter_module.evaluate_adapter
+
+    def checked(scene_model, *args, **kwargs):
+        copy = scene_model.reader.decision.activity.state_dict()
+        seen.append(all(torch.equal(v, scene_model.head.state_dict()[k]) for k, v in copy.items()))
+        return evaluate(scene_model, *args, **kwargs)
+
+    monkeypatch.setattr(adapter_module, "evaluate_adapter", checked)
+    start = _fresh_stage1(tmp_path / "stage1", tiny_lm_folder)
+    settings = AdapterTrainConfig(
+        max_steps=4, batch_size=16, lm_batch_size=4, lr=1e-2, warmup_steps=1, val_every=2, val_lm_samples=8,
+        patience=100, caption_steps=3, p_general=0.0, head_steps=0, device="cpu", progress=False,
+        reinit=True, reader_tokens=2, reader_decision=True,
+    )  # fmt: skip
+    data = tiny_data_config(*tiny_bags, embedding_cache)
+    out = tmp_path / "s2"
+    result = train_adapter(data=data, model_dir=start, train=settings, out_dir=out, language=tiny_lm)
+    assert len(seen) == 4 and all(seen), seen  # step 0, after the warm start, steps 2 and 4
+    assert any("decision" in step for step in result.history.steps)
+
+
 def test_head_refit_moves_only_the_head_and_keeps_its_best_validation_state(
     tmp_path, tiny_bags, tiny_lm_folder, embedding_cache
 ):

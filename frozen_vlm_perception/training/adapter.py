@@ -1201,9 +1201,14 @@ def _write_folder(
     """The completed folder: weights + config (stage-1 metadata kept, stage 2's added), report, plot.
 
     ``stage`` READER_STAGE (only_reader) or DECISION_STAGE (only_decision): the folder's own records
-    of the parts this run kept stay beside this run's (_KEPT_RECORDS)."""
+    of the parts this run kept stay beside this run's (_KEPT_RECORDS); records of parts it trained
+    afresh (a reader or decision of the folder a fresh stage 2 started from) describe another model
+    and are left behind, as in train_report.json."""
+    from frozen_vlm_perception.training.align import STAGE as ALIGN_STAGE
+
     metadata = dict(metadata)
-    training = dict(metadata.get("training") or {})
+    kept = (ALIGN_STAGE, *_KEPT_RECORDS[stage])
+    training = {name: record for name, record in (metadata.get("training") or {}).items() if name in kept}
     training[stage] = {
         "run": report["run"],
         "seed": report["settings"]["seed"],

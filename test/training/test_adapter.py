@@ -310,7 +310,7 @@ def test_validation_answers_are_scored_against_their_own_scenes_truth(language_m
 # Which weights are kept, and when training stops: validation scripted, everything else real.
 
 
-def _fresh_stage1(folder, lm_folder):
+def _fresh_stage1(folder, lm_folder, metadata=None):
     """A stage-1 folder without training (fresh weights): stage 2 only needs its config and weights."""
     from tiny_recordings import tiny_model_config
 
@@ -319,7 +319,9 @@ def _fresh_stage1(folder, lm_folder):
 
     torch.manual_seed(0)
     model = SceneModel(config=tiny_model_config(lm_folder), vision_dim=1280, vision_tokens=4, lm_dim=64)
-    save_checkpoint(folder, config=model.config, dims=model.dims, state_dict=model.state_dict())
+    save_checkpoint(
+        folder, config=model.config, dims=model.dims, state_dict=model.state_dict(), metadata=metadata
+    )
     return folder
 
 
@@ -500,7 +502,9 @@ def test_a_fresh_stage2_with_a_deciding_reader_keeps_the_decisions_head_equal_to
         return evaluate(scene_model, *args, **kwargs)
 
     monkeypatch.setattr(adapter_module, "evaluate_adapter", checked)
-    start = _fresh_stage1(tmp_path / "stage1", tiny_lm_folder)
+    # The folder's own reader and decision records describe weights this run does not keep.
+    records = {"training": {name: {"seed": 7} for name in ("align", "adapter", "reader", "decision")}}
+    start = _fresh_stage1(tmp_path / "stage1", tiny_lm_folder, metadata=records)
     settings = AdapterTrainConfig(
         max_steps=4, batch_size=16, lm_batch_size=4, lr=1e-2, warmup_steps=1, val_every=2, val_lm_samples=8,
         patience=100, caption_steps=3, p_general=0.0, head_steps=0, device="cpu", progress=False,
@@ -511,6 +515,9 @@ def test_a_fresh_stage2_with_a_deciding_reader_keeps_the_decisions_head_equal_to
     result = train_adapter(data=data, model_dir=start, train=settings, out_dir=out, language=tiny_lm)
     assert len(seen) == 4 and all(seen), seen  # step 0, after the warm start, steps 2 and 4
     assert any("decision" in step for step in result.history.steps)
+    training = read_checkpoint_config(out)[2]["training"]
+    assert set(training) == {"align", "adapter"} and training["align"] == {"seed": 7}
+    assert training["adapter"]["seed"] == 0
 
 
 def test_head_refit_moves_only_the_head_and_keeps_its_best_validation_state(

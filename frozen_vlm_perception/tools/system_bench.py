@@ -10,8 +10,9 @@ with the wall clock at publishing, IMU at its own rate):
    stream goes on, questions go through the ``QueryScene`` service one at a time.
 3. **reference**, once the children are gone: the same model in this process, with the nodes' torch
    thread count, encodes the stream's frame with an IMU window (the pipeline's own encode time), and
-   the frozen LM answers each question about the very latents the reasoning node used (kept from
-   ``/perception/latents`` by stamp), so the answers must come out identical.
+   the pipeline answers each question about the very latents the reasoning node used (kept from
+   ``/perception/latents`` by stamp), through the model's question reader as the node does, so the
+   answers must come out identical.
 
 Phase 2 measures labels twice, side by side: **idle** (no question) for ``seconds``, then
 **answering** for ``answering_s``, with questions asked back to back through the service, so a
@@ -368,19 +369,19 @@ def _answer_entry(response, round_trip_ms: float) -> dict[str, Any]:
 
 
 def _generate_reference(settings: SystemSettings, pipeline, entries, listener: Listener, condition: str):
-    """The frozen LM on the very latents each service answer used: adds ``raw_generate_<condition>_ms``."""
-    import torch
+    """The pipeline's answer on the very latents each service answer used, as the reasoning node
+    makes it (through the model's question reader and its decision, if any): adds
+    ``raw_generate_<condition>_ms``."""
+    from frozen_vlm_perception.pipeline import Scene
 
-    pipeline.language.generate(None, STANDARD_QUESTION, max_new_tokens=4)  # warm-up
+    pipeline.answer(None, STANDARD_QUESTION, max_new_tokens=4)  # warm-up
     for entry in entries:
         latents = listener.latents_at(entry["stamp_ns"]) if entry["success"] else None
         if latents is None:
             continue
-        generation = pipeline.language.generate(
-            torch.from_numpy(latents).to(pipeline.device),
-            STANDARD_QUESTION,
-            max_new_tokens=settings.max_new_tokens,
-        )
+        scene = Scene(latents=latents, pooled=np.zeros(0, np.float32), scores=np.zeros(0, np.float32),
+                      labels=(), modalities=())
+        generation = pipeline.answer(scene, STANDARD_QUESTION, max_new_tokens=settings.max_new_tokens)
         entry[f"raw_generate_{condition}_ms"] = 1000.0 * generation.seconds
         entry["tokens"] = generation.num_tokens
         same = generation.text.strip() == entry["answer"].strip()

@@ -61,10 +61,14 @@ def reasoning(model_dir, tmp_path_factory):
     child.stop()
 
 
-# Scene 1050 is models/demo's own latents for a still IMU window (gravity on z): the LM reads it as
-# lying and answers "Is the person moving?" with "Yes, the person is lying." (a yes/no the trained
-# adapter gets wrong, which the grounding check is there to catch).
-DEMO_SCENE = 1050
+# Scene 1050 reads as "No, the person is lying." and its head is sure of lying: asked whether the
+# person is lying, the LM copies the scene's "No" (SmolLM2 leans to no, docs/ANSWERS.md), a yes/no
+# the head contradicts although the activity it names agrees. Made of words, not of a trained
+# model's latents, so that the wrong answer does not depend on which model ships (models/demo's
+# latents for a still IMU window were answered wrongly by session 16's model, rightly by session 17's).
+LYING_SCENE = 1050
+LYING_SCENE_WORDS = "No, the person is lying."
+LYING_QUESTION = "Is the person lying? Start with yes or no."
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +76,12 @@ def scene_tokens(language_model):
     """{stamp seconds: the latents (K, D) of that scene}."""
     import torch
 
-    from frozen_vlm_perception.pipeline import PerceptionPipeline
+    def tokens(text: str) -> np.ndarray:
+        ids = language_model.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+        return language_model.embed_ids(torch.tensor(ids)).detach().cpu().numpy().astype(np.float32)
 
-    ids = language_model.tokenizer(" " + SCENE_WORDS, add_special_tokens=False)["input_ids"]
-    words = language_model.embed_ids(torch.tensor(ids)).detach().cpu().numpy().astype(np.float32)
-    demo = PerceptionPipeline.from_model_dir("models/demo", device="cpu", load_language=False)
-    still = np.zeros((demo.config.imu.window_samples, demo.config.imu.channels), np.float32)
-    still[:, 2] = 9.81
-    lying = demo.encode_one(np.zeros((48, 64, 3), np.uint8), still, mode="imu").latents
-    return {sec: lying if sec == DEMO_SCENE else words for sec in SCENES}
+    words, lying = tokens(SCENE_WORDS), tokens(LYING_SCENE_WORDS)
+    return {sec: lying if sec == LYING_SCENE else words for sec in SCENES}
 
 
 @pytest.fixture(scope="module")
@@ -213,18 +214,17 @@ def test_query_response_says_whether_the_answer_agrees_with_the_head(ros, sec, s
     assert response.confidence == pytest.approx(SCENES[sec][best])
 
 
-def test_a_yes_the_head_contradicts_is_flagged_by_what_it_says(ros):
+def test_a_no_the_head_contradicts_is_flagged_by_what_it_says(ros):
     """The node checks the answer's yes/no against the head with the question it was asked: the
-    scene reads as lying and the head is sure of lying, yet the LM says yes to "moving?". The
-    activity it names agrees with the head; only the question shows the answer is wrong."""
-    question = "Is the person moving?"
-    response = ask_query(ros, DEMO_SCENE, question)
+    head is sure of lying, yet the LM says no to "lying?". The activity it names agrees with the
+    head; only the question shows the answer is wrong."""
+    response = ask_query(ros, LYING_SCENE, LYING_QUESTION)
     assert response.success, response.message
-    assert response.answer.startswith("Yes, the person is lying"), response.answer
-    assert expected(response.answer, DEMO_SCENE, "").status == "agrees"  # without the question
-    want = expected(response.answer, DEMO_SCENE, question)
+    assert response.answer.startswith("No, the person is lying"), response.answer
+    assert expected(response.answer, LYING_SCENE, "").status == "agrees"  # without the question
+    want = expected(response.answer, LYING_SCENE, LYING_QUESTION)
     assert (response.grounding, response.flagged, response.grounding_note) == (want.status, True, want.note)
-    assert response.grounding_note == "says yes to moving (p 0.00), below 0.25"
+    assert response.grounding_note == "says no to lying (p 0.00), below 0.25"
 
 
 def test_a_scene_without_an_activity_label_is_unchecked(ros):
